@@ -1,0 +1,118 @@
+"""Prometheus metrics exported by every worker on `BUNDLECAST_METRICS_PORT`.
+
+Plain module-level metric objects on prometheus-client's default registry, so one `start_metrics_server`
+call serves them all. Labels are bounded by construction (event types, DLQ reasons, pipeline stages,
+topic partitions); user and item ids never become labels. The dashboards and alert rules in `deploy/`
+query exactly these names, and `tests/deploy` checks that they stay in sync.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client.context_managers import Timer
+
+from model.data import EVENT_TYPES
+
+Stage = Literal["state", "model", "faiss", "bundles", "publish"]
+STAGES: tuple[Stage, ...] = get_args(Stage)
+
+# Latency target is p99 <= 50 ms, so resolve finely below it and coarsely above.
+_LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.04,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    5.0,
+)
+_STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+_BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_BUNDLE_SIZE_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10)
+
+EVENTS_CONSUMED = Counter(
+    "bundlecast_events_consumed_total", "Valid clickstream events consumed, by event type.", ["type"]
+)
+DLQ_EVENTS = Counter(
+    "bundlecast_dlq_events_total",
+    "Malformed input messages sent to the dead-letter topic, by reason.",
+    ["reason"],
+)
+RECOMMENDATIONS_PUBLISHED = Counter(
+    "bundlecast_recommendations_published_total", "Recommendation messages published to the output topic."
+)
+BUNDLES_PUBLISHED = Counter(
+    "bundlecast_bundles_published_total", "Bundles included in published recommendations."
+)
+BUNDLE_SIZE = Histogram(
+    "bundlecast_bundle_size_items", "Items per published bundle.", buckets=_BUNDLE_SIZE_BUCKETS
+)
+END_TO_END_LATENCY = Histogram(
+    "bundlecast_end_to_end_latency_seconds",
+    "Time from an event's arrival at the worker to publication of its recommendation.",
+    buckets=_LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram("bundlecast_batch_size_events", "Events per micro-batch.", buckets=_BATCH_SIZE_BUCKETS)
+STAGE_DURATION = Histogram(
+    "bundlecast_stage_duration_seconds",
+    "Time per micro-batch spent in each pipeline stage.",
+    ["stage"],
+    buckets=_STAGE_BUCKETS,
+)
+SESSION_STATE_ENTRIES = Gauge(
+    "bundlecast_session_state_entries", "User sessions currently held in this worker's state store."
+)
+SESSION_EXPIRATIONS = Counter(
+    "bundlecast_session_expirations_total", "User sessions dropped after the inactivity timeout."
+)
+COLD_START_ANSWERS = Counter(
+    "bundlecast_cold_start_answers_total",
+    "Recommendations answered by the popularity fallback (share = this / recommendations published).",
+)
+CONSUMER_LAG = Gauge(
+    "bundlecast_consumer_lag_messages",
+    "Messages between the committed offset and the log end, per assigned input partition.",
+    ["topic", "partition"],
+)
+MODEL = Info("bundlecast_model", "Version of the model artifact currently answering.")
+INDEX_ITEMS = Gauge("bundlecast_index_items", "Items in the FAISS index currently answering.")
+MODEL_RELOADS = Counter("bundlecast_model_reloads_total", "Successful model and index hot reloads.")
+MODEL_RELOAD_FAILURES = Counter(
+    "bundlecast_model_reload_failures_total", "Hot reloads that failed; the previous model keeps answering."
+)
+
+# Pre-create the known label values so their series exist at 0 before the first event: rate() and absent()
+# in dashboards and alerts then behave from the first scrape instead of after the first increment.
+for _event_type in EVENT_TYPES:
+    EVENTS_CONSUMED.labels(type=_event_type)
+for _stage in STAGES:
+    STAGE_DURATION.labels(stage=_stage)
+
+
+def observe_stage(stage: Stage) -> Timer:
+    """Context manager timing one pipeline stage of a micro-batch: `with observe_stage("model"): ...`."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+    return STAGE_DURATION.labels(stage=stage).time()
+
+
+def set_model_version(version: str, index_items: int) -> None:
+    """Publish which artifact answers now; called once at start-up and after every successful reload."""
+    MODEL.info({"version": version})
+    INDEX_ITEMS.set(index_items)
+
+
+def start_metrics_server(port: int, addr: str = "0.0.0.0") -> None:
+    """Serve `/metrics` for Prometheus from a daemon thread, beside the worker's event loop."""
+    start_http_server(port, addr=addr)
