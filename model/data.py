@@ -6,15 +6,23 @@ speaks the small types defined here, so the datasets differ only in their adapte
 
 from __future__ import annotations
 
+import csv
 import gzip
-from collections.abc import Sequence
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 from operator import itemgetter
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
 from tqdm import tqdm
 
 EVENT_TYPES: tuple[str, ...] = ("view", "add_to_cart", "remove_from_cart", "purchase")
@@ -279,3 +287,254 @@ def _purchase_cases(
             progress.update(len(invoice))
     progress.close()
     return cases
+
+
+# --- Generic event logs ----------------------------------------------------------------------------
+
+REQUIRED_EVENT_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "type", "ts")
+OPTIONAL_EVENT_COLUMNS: tuple[str, ...] = ("session_id", "price", "quantity")
+_EVENT_COLUMNS = REQUIRED_EVENT_COLUMNS + OPTIONAL_EVENT_COLUMNS
+_ID_COLUMNS = ("user_id", "item_id", "session_id")
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EventLogRead:
+    """The valid events of a log, and the rows that were skipped, counted by reason."""
+
+    # user_id, item_id (str), type (categorical), ts (UTC); session_id, price, quantity when given
+    events: pd.DataFrame
+    bad_rows: Counter[str]
+
+
+def read_events(path: Path) -> EventLogRead:
+    """Read an event log (.csv[.gz], .jsonl[.gz] or .parquet); malformed rows are counted, never fatal.
+
+    Rows need user_id, item_id, type (one of EVENT_TYPES, any case) and ts (ISO-8601, naive meaning
+    UTC, or epoch seconds); session_id, price (>= 0) and quantity (> 0) are optional. A file that
+    lacks a required column altogether is a ValueError: no row of it could be read.
+    """
+    name = path.name.lower()
+    bad_rows: Counter[str] = Counter()
+    if name.endswith((".csv", ".csv.gz")):
+        raw = _read_csv_text(path, bad_rows)
+    elif name.endswith((".jsonl", ".jsonl.gz")):
+        raw = _read_jsonl_text(path, bad_rows)
+    elif name.endswith(".parquet"):
+        raw = pd.read_parquet(path)
+    else:
+        raise ValueError(f"{path}: unsupported event log format, expected .csv[.gz], .jsonl[.gz], .parquet")
+    missing = [column for column in REQUIRED_EVENT_COLUMNS if column not in raw.columns]
+    if missing:
+        needed = ", ".join(REQUIRED_EVENT_COLUMNS)
+        raise ValueError(f"{path}: no column {', '.join(missing)}; an event log needs {needed}")
+    return EventLogRead(_valid_events(raw, bad_rows), bad_rows)
+
+
+def _read_csv_text(path: Path, bad_rows: Counter[str]) -> pd.DataFrame:
+    """Every field as text (typing happens in _valid_events); rows with the wrong field count are skipped."""
+    with _open_text(path) as handle:
+        header = next(csv.reader(handle), None)
+    if not header:
+        raise ValueError(f"{path}: empty file, expected a header row")
+
+    def skip(_: pacsv.InvalidRow) -> str:
+        bad_rows["unparseable line"] += 1
+        return "skip"
+
+    try:
+        table = pacsv.read_csv(
+            path,
+            parse_options=pacsv.ParseOptions(invalid_row_handler=skip),
+            convert_options=pacsv.ConvertOptions(
+                column_types=dict.fromkeys(header, pa.string()), strings_can_be_null=True
+            ),
+        )
+    except pa.ArrowInvalid as error:  # e.g. bytes that are not UTF-8: the file, not a row, is broken
+        raise ValueError(f"{path}: not a readable CSV file: {error}") from error
+    return table.to_pandas()
+
+
+def _read_jsonl_text(path: Path, bad_rows: Counter[str]) -> pd.DataFrame:
+    """One JSON object per line; scalars become text, lines that are not objects of scalars are skipped.
+
+    Columns no line mentions are left out, so a missing required column is reported as such.
+    """
+    records = []
+    with _open_text(path) as lines:
+        for line in tqdm(lines, desc=f"reading {path.name}", unit="line", disable=None):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                bad_rows["unparseable line"] += 1
+                continue
+            fields = [record.get(column) for column in _EVENT_COLUMNS] if isinstance(record, dict) else []
+            if not fields or any(isinstance(value, bool | list | dict) for value in fields):
+                bad_rows["unparseable line"] += 1
+                continue
+            records.append([None if value is None else str(value) for value in fields])
+    frame = pd.DataFrame.from_records(records, columns=list(_EVENT_COLUMNS))
+    return frame.dropna(axis="columns", how="all") if records else frame
+
+
+def _as_text(values: pd.Series) -> pd.Series:
+    """Trimmed strings, NA for missing or blank (integer ids stay "123", never "123.0")."""
+    text = values.astype("string").str.strip()
+    return text.mask(text == "")
+
+
+def _parse_ts(values: pd.Series) -> pd.Series:
+    """UTC timestamps from datetimes, epoch seconds or ISO-8601 text; NaT where unparseable."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
+    text = _as_text(values)
+    seconds = pd.to_numeric(text, errors="coerce")
+    iso = pd.to_datetime(text.where(seconds.isna()), format="ISO8601", utc=True, errors="coerce")
+    epoch = pd.to_datetime(seconds, unit="s", utc=True, errors="coerce")
+    return iso.fillna(epoch).astype("datetime64[ns, UTC]")
+
+
+def _valid_events(raw: pd.DataFrame, bad_rows: Counter[str]) -> pd.DataFrame:
+    """Typed valid rows in file order; each invalid row is counted under the first reason it fails."""
+    text = {column: _as_text(raw[column]) for column in (*_ID_COLUMNS, "type") if column in raw.columns}
+    event_type = text["type"].str.lower()
+    ts = _parse_ts(raw["ts"])
+    checks = [(f"missing {column}", text[column].isna()) for column in ("user_id", "item_id", "type")]
+    checks += [
+        ("missing ts", _as_text(raw["ts"]).isna()),
+        ("unknown type", ~event_type.isin(EVENT_TYPES)),
+        ("bad timestamp", ts.isna()),
+    ]
+    numbers: dict[str, pd.Series] = {}
+    for column, zero_allowed in (("price", True), ("quantity", False)):
+        if column in raw.columns:
+            given = _as_text(raw[column])
+            number = pd.to_numeric(given, errors="coerce").astype("float64")
+            in_range = np.isfinite(number) & ((number >= 0) if zero_allowed else (number > 0))
+            checks.append((f"bad {column}", given.notna() & ~in_range))
+            numbers[column] = number
+    reason = pd.Series(pd.NA, index=raw.index, dtype="string")
+    for label, failed in checks:
+        reason = reason.mask(reason.isna() & failed.fillna(False).astype(bool), label)
+    bad_rows.update(reason.dropna().value_counts().to_dict())
+    keep = reason.isna().to_numpy()
+    events = pd.DataFrame(
+        {
+            "user_id": text["user_id"][keep],
+            "item_id": text["item_id"][keep],
+            "type": pd.Categorical(event_type[keep], categories=EVENT_TYPES),
+            "ts": ts[keep],
+        }
+    )
+    if "session_id" in text:
+        events["session_id"] = text["session_id"][keep]
+    for column, values in numbers.items():
+        events[column] = values[keep]
+    return events.reset_index(drop=True)
+
+
+def load_events(path: Path, test_fraction: float = 0.1, valid_fraction: float = 0.1) -> Dataset:
+    """An event log (see read_events) as sequences with a temporal split.
+
+    Sequences are sessions (user_id, session_id) where a row has a session id, else the user's whole
+    history. Periods cut the timeline at the timestamps that leave the last `test_fraction` of events
+    for test and the `valid_fraction` before them for validation. A session belongs entirely to the
+    period of its last event, so no validation or test session is split into `train`; a user history
+    is split at the period boundaries, earlier events staying in `train`.
+
+    Cases: every validation or test event with earlier events in its sequence (the last MAX_PREFIX
+    kept, with their types) predicts its item, unless it is a removal from the cart (not something to
+    recommend) or an item absent from `train` (it could not be ranked). Bad rows are logged.
+    """
+    if not (test_fraction >= 0.0 and valid_fraction >= 0.0 and test_fraction + valid_fraction < 1.0):
+        raise ValueError(
+            f"fractions must be >= 0 and sum below 1: test {test_fraction}, valid {valid_fraction}"
+        )
+    read = read_events(path)
+    if read.bad_rows:
+        log.warning("%s: skipped %d bad rows: %s", path, read.bad_rows.total(), dict(read.bad_rows))
+    events = read.events.sort_values("ts", kind="stable").reset_index(drop=True)
+    if events.empty:
+        raise ValueError(f"{path}: no valid events (bad rows: {dict(read.bad_rows)})")
+    ts = events["ts"]
+    period = (ts >= _time_after(ts, valid_fraction + test_fraction)).astype(int) + (
+        ts >= _time_after(ts, test_fraction)
+    ).astype(int)
+    keys = ["user_id"]
+    if "session_id" in events.columns:
+        keys.append("session_id")
+        session_last = period.groupby([events["user_id"], events["session_id"]]).transform("max")
+        period = session_last.fillna(period).astype(int)
+    sequence = events.groupby(keys, dropna=False, sort=True).ngroup()
+    events = events.assign(sequence=sequence, period=period).sort_values("sequence", kind="stable")
+    train_events = events[events["period"] == 0]
+    train = [
+        Session(items, types)
+        for items, types in zip(
+            _runs(train_events["sequence"], train_events["item_id"]),
+            _runs(train_events["sequence"], train_events["type"].astype("string")),
+            strict=True,
+        )
+    ]
+    known = set(train_events["item_id"].tolist())
+    valid, test = _event_cases(events, known)
+    prices = events.groupby("item_id")["price"].median() if "price" in events.columns else None
+    catalog = pd.DataFrame({"item_id": sorted(set(events["item_id"].tolist()))})
+    catalog["description"] = pd.NA
+    catalog["price"] = catalog["item_id"].map(prices) if prices is not None else np.nan
+    return Dataset(name="events", train=train, valid=valid, test=test, catalog=catalog)
+
+
+def _time_after(ts: pd.Series, fraction: float) -> pd.Timestamp:
+    """Start of the period holding the last `fraction` of the (sorted) events; past the end when 0."""
+    first = len(ts) - round(len(ts) * fraction)
+    return ts.iat[first] if first < len(ts) else ts.iat[-1] + pd.Timedelta(1, "ns")
+
+
+def _event_cases(events: pd.DataFrame, known: set[str]) -> tuple[list[Case], list[Case]]:
+    """Per-event cases of periods 1 (validation) and 2 (test); `events` sorted by sequence, then time."""
+    cases: tuple[list[Case], list[Case]] = ([], [])
+    columns = (events["sequence"], events["item_id"], events["type"].astype("string"), events["period"])
+    rows = zip(*(column.tolist() for column in columns), strict=True)
+    for _, sequence_rows in groupby(rows, key=itemgetter(0)):
+        items: list[str] = []
+        types: list[str] = []
+        for _, item, event_type, period in sequence_rows:
+            if period > 0 and items and event_type != "remove_from_cart" and item in known:
+                cases[period - 1].append(Case(tuple(items[-MAX_PREFIX:]), tuple(types[-MAX_PREFIX:]), item))
+            items.append(item)
+            types.append(event_type)
+    return cases
+
+
+# --- Dispatch --------------------------------------------------------------------------------------
+
+DatasetName = Literal["retailrocket-sessions", "online-retail", "events"]
+_DEFAULT_FILES: dict[str, str] = {
+    "retailrocket-sessions": "retailrocket-sessions",
+    "online-retail": "online-retail/online_retail_2010-12_2011-10.csv.gz",
+}
+
+
+def default_data_path(name: DatasetName) -> Path:
+    """Where a bundled real dataset lives: under $BUNDLECAST_DATA_DIR, else <repo>/../shared/data."""
+    if name not in _DEFAULT_FILES:
+        raise ValueError(f"dataset {name!r} has no default location; pass its path")
+    repo = Path(__file__).resolve().parents[1]
+    data_dir = Path(os.environ.get("BUNDLECAST_DATA_DIR", repo.parent / "shared" / "data"))
+    return data_dir / _DEFAULT_FILES[name]
+
+
+def load_dataset(name: DatasetName, path: Path | None = None) -> Dataset:
+    """Load a dataset by name with each loader's default split; `path` defaults to default_data_path."""
+    loaders: dict[str, Callable[[Path], Dataset]] = {
+        "retailrocket-sessions": load_retailrocket_sessions,
+        "online-retail": load_online_retail,
+        "events": load_events,
+    }
+    if name not in loaders:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(loaders)}")
+    return loaders[name](path if path is not None else default_data_path(name))
