@@ -381,7 +381,9 @@ def _read_jsonl_text(path: Path, bad_rows: Counter[str]) -> pd.DataFrame:
 
 
 def _as_text(values: pd.Series) -> pd.Series:
-    """Trimmed strings, NA for missing or blank (integer ids stay "123", never "123.0")."""
+    """Trimmed strings, NA for missing or blank; whole numbers print as "123", never "123.0"."""
+    if pd.api.types.is_float_dtype(values) and (values.dropna() % 1 == 0).all():
+        values = values.astype("Int64")  # a typed column of ids with gaps (Parquet) arrives as floats
     text = values.astype("string").str.strip()
     return text.mask(text == "")
 
