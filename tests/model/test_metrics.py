@@ -1,0 +1,73 @@
+import math
+
+import numpy as np
+import pytest
+
+from model.metrics import UNKNOWN_TARGET, RankingAccumulator, self_information, target_ranks, top_k_items
+
+
+def test_ranks_count_strictly_higher_items_plus_every_tied_item():
+    scores = np.array(
+        [
+            [0.9, 0.5, 0.5, 0.1],  # target 1 ties with item 2: pessimistic rank 3
+            [0.2, 0.8, 0.4, 0.1],  # target 1 is best: rank 1
+            [0.3, 0.3, 0.3, 0.3],  # all tied: the target is ranked last
+        ],
+        dtype=np.float32,
+    )
+    assert target_ranks(scores, np.array([1, 1, 2])).tolist() == [3, 1, 4]
+
+
+def test_unknown_target_ranks_after_every_item():
+    scores = np.zeros((1, 3), dtype=np.float32)
+    assert target_ranks(scores, np.array([UNKNOWN_TARGET])).tolist() == [4]
+
+
+def test_target_index_outside_the_catalogue_is_an_error():
+    with pytest.raises(ValueError, match="target indices"):
+        target_ranks(np.zeros((1, 3)), np.array([3]))
+
+
+def test_top_k_items_are_ordered_best_first():
+    scores = np.array([[0.1, 0.7, 0.3, 0.9, 0.5]])
+    assert top_k_items(scores, 3).tolist() == [[3, 1, 4]]
+
+
+def test_self_information_is_minus_log2_of_the_interaction_share():
+    assert self_information(np.array([2, 1, 1])).tolist() == [1.0, 2.0, 2.0]
+
+
+def test_accumulator_matches_hand_computed_metrics_across_batches():
+    # Item shares 4/8, 2/8, 1/8, 1/8 -> self-information 1, 2, 3, 3 bits.
+    accumulator = RankingAccumulator(np.array([4, 2, 1, 1]), ks=(1, 2))
+    # Case A: target 0 ranked 1; its top-2 is [0, 1].
+    accumulator.update(np.array([[0.9, 0.5, 0.2, 0.1]]), np.array([0]))
+    # Case B: target 2 ties with item 1 at 0.6 -> rank 3 (a miss at K=2); top-2 is [3, 1 or 2].
+    # Case C: target 1 ranked 2; top-2 is [2, 1].
+    accumulator.update(
+        np.array([[0.1, 0.6, 0.6, 0.8], [0.0, 0.5, 0.7, 0.1]]),
+        np.array([2, 1]),
+    )
+    metrics = accumulator.result()
+    assert accumulator.n_cases == 3
+    assert metrics["HR@1"] == pytest.approx(1 / 3)
+    assert metrics["HR@2"] == pytest.approx(2 / 3)
+    assert metrics["MRR@1"] == pytest.approx(1 / 3)
+    assert metrics["MRR@2"] == pytest.approx((1 + 0.5) / 3)
+    assert metrics["NDCG@2"] == pytest.approx((1 + 1 / math.log2(3)) / 3)
+    # Top-1 lists: {0}, {3}, {2} -> 3 of 4 items; novelty (1 + 3 + 3) / 3.
+    assert metrics["coverage@1"] == pytest.approx(3 / 4)
+    assert metrics["novelty@1"] == pytest.approx(7 / 3)
+    # Top-2 lists cover all four items whichever way case B's tie is broken.
+    assert metrics["coverage@2"] == pytest.approx(1.0)
+
+
+def test_accumulator_rejects_a_score_matrix_of_the_wrong_width():
+    accumulator = RankingAccumulator(np.ones(4), ks=(1,))
+    with pytest.raises(ValueError, match="shape"):
+        accumulator.update(np.zeros((2, 3)), np.array([0, 1]))
+
+
+def test_result_without_cases_is_an_error():
+    with pytest.raises(ValueError, match="no cases"):
+        RankingAccumulator(np.ones(4), ks=(1,)).result()
