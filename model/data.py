@@ -73,11 +73,12 @@ def views(items: Sequence[str]) -> Session:
 RETAILROCKET_MIN_PREFIX = 2
 
 
-def _open_text(path: Path) -> IO[str]:
+def open_text(path: Path) -> IO[str]:
+    """A UTF-8 text handle on a plain or gzipped (.gz) file."""
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
 
 
-def _find_file(directory: Path, name: str) -> Path:
+def find_data_file(directory: Path, name: str) -> Path:
     """`name` or its gzipped twin, so the loaders read the full data and the bundled samples alike."""
     for candidate in (directory / name, directory / f"{name}.gz"):
         if candidate.is_file():
@@ -102,7 +103,7 @@ def load_retailrocket_sessions(directory: Path, valid_fraction: float = 0.1, see
     """
     if not 0.0 <= valid_fraction < 1.0:
         raise ValueError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
-    with _open_text(_find_file(directory, "train_sessions.txt")) as lines:
+    with open_text(find_data_file(directory, "train_sessions.txt")) as lines:
         sessions = [tuple(line.split()) for line in lines if line.strip()]
     n_train = len(sessions) - round(len(sessions) * valid_fraction)
     valid = [case for items in sessions[n_train:] for case in view_cases(items)]
@@ -110,12 +111,12 @@ def load_retailrocket_sessions(directory: Path, valid_fraction: float = 0.1, see
         name="retailrocket-sessions",
         train=[views(items) for items in sessions[:n_train]],
         valid=valid,
-        test=_read_view_cases(_find_file(directory, "test_cases.tsv")),
+        test=_read_view_cases(find_data_file(directory, "test_cases.tsv")),
     )
 
 
 def _read_view_cases(path: Path) -> list[Case]:
-    with _open_text(path) as lines:
+    with open_text(path) as lines:
         header = next(lines, "").rstrip("\n").split("\t")
         if header != ["prefix", "target"]:
             raise ValueError(f"{path}: expected header 'prefix<TAB>target', got {header}")
@@ -334,7 +335,7 @@ def read_events(path: Path) -> EventLogRead:
 
 def _read_csv_text(path: Path, bad_rows: Counter[str]) -> pd.DataFrame:
     """Every field as text (typing happens in _valid_events); rows with the wrong field count are skipped."""
-    with _open_text(path) as handle:
+    with open_text(path) as handle:
         header = next(csv.reader(handle), None)
     if not header:
         raise ValueError(f"{path}: empty file, expected a header row")
@@ -362,7 +363,7 @@ def _read_jsonl_text(path: Path, bad_rows: Counter[str]) -> pd.DataFrame:
     Columns no line mentions are left out, so a missing required column is reported as such.
     """
     records = []
-    with _open_text(path) as lines:
+    with open_text(path) as lines:
         for line in tqdm(lines, desc=f"reading {path.name}", unit="line", disable=None):
             if not line.strip():
                 continue
