@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, Info, disable_created_metrics, start_http_server
 from prometheus_client.context_managers import Timer
 
 from model.data import EVENT_TYPES
+
+# The text format exposes each counter's and histogram's creation time as an extra `_created` gauge series
+# that no query here uses; dropping it halves the series count per counter.
+disable_created_metrics()
 
 Stage = Literal["state", "model", "faiss", "bundles", "publish"]
 STAGES: tuple[Stage, ...] = get_args(Stage)
