@@ -368,8 +368,8 @@ def _read_jsonl_text(path: Path, bad_rows: Counter[str]) -> pd.DataFrame:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+                record = json.loads(line, parse_constant=_reject_constant)
+            except ValueError:
                 bad_rows["unparseable line"] += 1
                 continue
             fields = [record.get(column) for column in _EVENT_COLUMNS] if isinstance(record, dict) else []
@@ -379,6 +379,11 @@ def _read_jsonl_text(path: Path, bad_rows: Counter[str]) -> pd.DataFrame:
             records.append([None if value is None else str(value) for value in fields])
     frame = pd.DataFrame.from_records(records, columns=list(_EVENT_COLUMNS))
     return frame.dropna(axis="columns", how="all") if records else frame
+
+
+def _reject_constant(name: str) -> None:
+    """NaN and Infinity are not JSON; Python's parser accepts them unless told otherwise."""
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def _as_text(values: pd.Series) -> pd.Series:
