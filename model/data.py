@@ -50,7 +50,8 @@ class Case:
 
 @dataclass
 class Dataset:
-    """A split dataset. `train` never contains the sessions that `valid` and `test` cases come from."""
+    """A split dataset. `train` never contains an event of the validation or test sessions and periods
+    that `valid` and `test` cases are scored on (a case's prefix may reach back into training time)."""
 
     name: str
     train: list[Session]
