@@ -15,12 +15,14 @@ import numpy as np
 UNKNOWN_TARGET = -1
 """Target index of a case whose target item is outside the vocabulary: it is a miss at every K."""
 
+UNRANKED = np.iinfo(np.int64).max
+"""Rank of an unknown target: beyond every cut-off, even one longer than the catalogue."""
+
 
 def target_ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """1-based rank of each row's target: 1 + items scoring strictly higher + other items scoring equal.
 
-    `targets` holds item indices, `UNKNOWN_TARGET` for a target outside the vocabulary (ranked after
-    every item, i.e. n_items + 1).
+    `targets` holds item indices, `UNKNOWN_TARGET` for a target outside the vocabulary (rank `UNRANKED`).
     """
     n_cases, n_items = scores.shape
     targets = np.asarray(targets, dtype=np.int64)
@@ -32,7 +34,7 @@ def target_ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     target_scores = scores[np.arange(n_cases), np.where(known, targets, 0)]
     # Counting ">=" includes the target itself: 1 + strictly higher + other equal items.
     ranks = np.count_nonzero(scores >= target_scores[:, None], axis=1)
-    ranks[~known] = n_items + 1
+    ranks[~known] = UNRANKED
     return ranks
 
 

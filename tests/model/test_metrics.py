@@ -18,9 +18,12 @@ def test_ranks_count_strictly_higher_items_plus_every_tied_item():
     assert target_ranks(scores, np.array([1, 1, 2])).tolist() == [3, 1, 4]
 
 
-def test_unknown_target_ranks_after_every_item():
-    scores = np.zeros((1, 3), dtype=np.float32)
-    assert target_ranks(scores, np.array([UNKNOWN_TARGET])).tolist() == [4]
+def test_unknown_target_is_a_miss_even_when_k_exceeds_the_catalogue():
+    accumulator = RankingAccumulator(np.ones(3), ks=(5,))
+    accumulator.update(np.zeros((2, 3), dtype=np.float32), np.array([UNKNOWN_TARGET, 0]))
+    metrics = accumulator.result()
+    assert metrics["HR@5"] == pytest.approx(1 / 2)
+    assert metrics["MRR@5"] == pytest.approx(1 / 3 / 2)  # the known target ties with all 3 items: rank 3
 
 
 def test_target_index_outside_the_catalogue_is_an_error():
