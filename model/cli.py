@@ -2,8 +2,108 @@
 
 from __future__ import annotations
 
+import json
+from enum import StrEnum
+from pathlib import Path
+
 import typer
+from rich.console import Console
+
+from model.baselines import Popularity, SequentialRules, SessionKNN
+from model.data import load_dataset
+from model.evaluate import Prefitted, Scorer, evaluate, format_table, results_to_json
+from model.recommender import Recommender, RecommenderScorer
+from model.sasrec.model import SASRecConfig
+from model.sasrec.train import TrainConfig, train_artifact
+from model.vocab import ItemVocab
+
+console = Console(stderr=True)
+
+
+class DatasetChoice(StrEnum):
+    retailrocket = "retailrocket-sessions"
+    online_retail = "online-retail"
+    events = "events"
+
+
+class Split(StrEnum):
+    valid = "valid"
+    test = "test"
+
+
+DATASET = typer.Option(..., "--dataset", "-d", help="Which adapter reads --data.")
+DATA = typer.Option(
+    None,
+    "--data",
+    help="Dataset path (a directory for retailrocket-sessions, a file otherwise). "
+    "Default: the copy under $BUNDLECAST_DATA_DIR (../shared/data).",
+)
+
+
+def train(
+    dataset: DatasetChoice = DATASET,
+    data: Path | None = DATA,
+    out: Path = typer.Option(..., "--out", "-o", help="Artifact root; each run adds a new version inside it."),
+    epochs: int = typer.Option(TrainConfig.epochs, help="Most epochs; early stopping usually ends sooner."),
+    batch_size: int = typer.Option(TrainConfig.batch_size, help="Sessions per step."),
+    lr: float = typer.Option(TrainConfig.lr, help="AdamW learning rate."),
+    negatives: int = typer.Option(
+        TrainConfig.negatives, help="Shared uniform negatives per step (sampled softmax); 0 = full softmax."
+    ),
+    patience: int = typer.Option(TrainConfig.patience, help="Epochs without validation gain before stopping."),
+    dim: int = typer.Option(SASRecConfig.dim, help="Embedding size."),
+    layers: int = typer.Option(SASRecConfig.n_layers, help="Attention blocks."),
+    heads: int = typer.Option(SASRecConfig.n_heads, help="Attention heads per block."),
+    dropout: float = typer.Option(SASRecConfig.dropout, help="Dropout rate."),
+    max_len: int = typer.Option(SASRecConfig.max_len, help="Most recent events the model reads."),
+    seed: int = typer.Option(TrainConfig.seed, help="Random seed (data order, init, negatives)."),
+    device: str = typer.Option(TrainConfig.device, help="auto | cpu | cuda."),
+) -> None:
+    """Train the SASRec session model and publish a new artifact version (weights, embeddings, FAISS index)."""
+    ds = load_dataset(dataset.value, data)
+    console.print(f"[bold]{ds.name}[/]: {len(ds.train):,} training sessions, {len(ds.valid):,} validation cases")
+    model_config = SASRecConfig(
+        n_items=0, max_len=max_len, dim=dim, n_layers=layers, n_heads=heads, dropout=dropout
+    )
+    config = TrainConfig(
+        epochs=epochs, batch_size=batch_size, lr=lr, negatives=negatives, patience=patience, seed=seed, device=device
+    )
+    version_dir = train_artifact(ds, out, model_config, config)
+    console.print(f"published [bold]{version_dir}[/]")
+
+
+def evaluate_command(
+    dataset: DatasetChoice = DATASET,
+    data: Path | None = DATA,
+    model: Path | None = typer.Option(
+        None, "--model", "-m", help="Artifact root or version directory of a trained model to compare."
+    ),
+    split: Split = typer.Option(Split.test, help="Cases to report on (tune on valid, report test)."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON to stdout."),
+) -> None:
+    """Full-ranking evaluation (no sampled negatives) of the baselines and the model, side by side."""
+    ds = load_dataset(dataset.value, data)
+    vocab = ItemVocab.from_sequences(session.items for session in ds.train)
+    scorers: list[Scorer] = [Popularity(), SequentialRules(), SessionKNN()]
+    if model is not None:
+        recommender = Recommender.load(model)
+        report = json.loads((recommender.version_dir / "metrics.json").read_text())
+        scorers.append(
+            Prefitted(
+                RecommenderScorer(recommender, vocab),
+                fit_seconds=report.get("train_seconds"),
+                fit_peak_rss_mib=report.get("train_peak_rss_mib"),
+            )
+        )
+    cases = ds.test if split is Split.test else ds.valid
+    results = evaluate(scorers, ds.train, cases, vocab)
+    if as_json:
+        print(json.dumps({"dataset": ds.name, "split": split.value, "results": results_to_json(results)}, indent=2))
+    else:
+        Console().print(format_table(results))
 
 
 def register(app: typer.Typer) -> None:
     """Mount the offline commands on the root CLI (kept here so the model room owns its commands)."""
+    app.command("train")(train)
+    app.command("evaluate")(evaluate_command)

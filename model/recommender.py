@@ -1,0 +1,187 @@
+"""`Recommender`: the trained session model plus its FAISS index, loaded from a versioned artifact.
+
+This is the one scoring API of the project: the stream calls `encode` + `search` once per micro-batch,
+offline users call `recommend`, and the evaluator wraps it as a full-ranking `Scorer`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from index.faiss_index import ItemIndex
+from model.artifacts import CONFIG, new_version, resolve_version
+from model.data import Case, Dataset, Session
+from model.sasrec.model import SASRec, SASRecConfig
+from model.sasrec.train import encode_history, session_vectors
+from model.vocab import ItemVocab
+
+Recommendation = tuple[str, float]
+
+
+def write_artifact(
+    out_root: Path, model: SASRec, vocab: ItemVocab, dataset: Dataset, report: dict[str, object]
+) -> Path:
+    """Write every file a `Recommender` needs into a new version and publish it as latest."""
+    counts = np.zeros(len(vocab), dtype=np.int64)
+    for session in dataset.train:
+        np.add.at(counts, vocab.encode(session.items), 1)
+    with torch.no_grad():
+        item_vectors = model.item_vectors().cpu().numpy().astype(np.float32)
+    with new_version(out_root) as scratch:
+        config = {
+            "model": model.config.to_dict(),
+            "dataset": dataset.name,
+            "created_at": datetime.now(UTC).isoformat(),
+        }
+        (scratch / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        vocab.save(scratch / "vocab.json")
+        np.save(scratch / "item_embeddings.npy", item_vectors)
+        np.save(scratch / "popularity.npy", counts)
+        torch.save(model.state_dict(), scratch / "weights.pt")
+        (scratch / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+        if dataset.catalog is not None:
+            dataset.catalog.to_parquet(scratch / "catalog.parquet", index=False)
+        ItemIndex.build(item_vectors).save(scratch / "index")
+    return resolve_version(out_root)
+
+
+class Recommender:
+    """Session encoder + item index for one artifact version; immutable once loaded (safe to swap whole)."""
+
+    def __init__(
+        self,
+        version_dir: Path,
+        model: SASRec,
+        vocab: ItemVocab,
+        item_vectors: np.ndarray,
+        index: ItemIndex,
+        popularity: np.ndarray,
+        catalog: pd.DataFrame | None,
+    ) -> None:
+        self.version = version_dir.name
+        self.version_dir = version_dir
+        self.model = model
+        self.vocab = vocab
+        self.item_vectors = item_vectors
+        self.index = index
+        self.popularity = popularity
+        self.catalog = catalog
+        self._device = next(model.parameters()).device
+        self._by_popularity = np.argsort(-popularity, kind="stable")
+
+    @classmethod
+    def load(cls, path: Path | str, device: str | None = None) -> Recommender:
+        """Load the latest version under an artifact root, or a version directory itself.
+
+        `device` picks where the model runs (cpu/cuda; default: cuda when available); the index follows
+        `BUNDLECAST_FAISS_DEVICE` (auto: GPU when faiss has GPU support and a GPU is visible).
+        """
+        version_dir = resolve_version(Path(path))
+        config = json.loads((version_dir / CONFIG).read_text())
+        torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model = SASRec(SASRecConfig(**config["model"]))
+        model.load_state_dict(torch.load(version_dir / "weights.pt", map_location="cpu", weights_only=True))
+        model.to(torch_device).eval()
+        catalog_path = version_dir / "catalog.parquet"
+        return cls(
+            version_dir=version_dir,
+            model=model,
+            vocab=ItemVocab.load(version_dir / "vocab.json"),
+            item_vectors=np.load(version_dir / "item_embeddings.npy"),
+            index=ItemIndex.load(version_dir / "index"),
+            popularity=np.load(version_dir / "popularity.npy"),
+            catalog=pd.read_parquet(catalog_path) if catalog_path.is_file() else None,
+        )
+
+    def known(self, history: Sequence[str]) -> bool:
+        """Whether any item of the history is known to the model (otherwise answers fall back to popularity)."""
+        return any(item in self.vocab for item in history)
+
+    def encode(
+        self, histories: Sequence[Sequence[str]], types: Sequence[Sequence[str]] | None = None
+    ) -> np.ndarray:
+        """Unit session vectors (B, d), one batched forward; a history with no known item gets a zero row."""
+        encoded = [
+            encode_history(history, types[i] if types is not None else None, self.vocab)
+            for i, history in enumerate(histories)
+        ]
+        vectors = session_vectors(self.model, encoded, self._device)
+        vectors[[not items for items, _ in encoded]] = 0.0
+        return vectors
+
+    def search(
+        self, vectors: np.ndarray, k: int, exclude: Sequence[Collection[str]] | None = None
+    ) -> list[list[Recommendation]]:
+        """Top-k items per session vector, one batched FAISS search; excluded ids never appear."""
+        excluded = [self.vocab.encode(items) for items in exclude] if exclude is not None else None
+        scores, ids = self.index.search(vectors, k, excluded)
+        return [
+            [(self.vocab.item_ids[i], float(s)) for s, i in zip(row_scores, row_ids, strict=True) if i >= 0]
+            for row_scores, row_ids in zip(scores, ids, strict=True)
+        ]
+
+    def popular(self, k: int, exclude: Collection[str] = ()) -> list[Recommendation]:
+        """Most frequent training items, as (id, share of training interactions)."""
+        total = max(int(self.popularity.sum()), 1)
+        picks = []
+        for index in self._by_popularity:
+            item = self.vocab.item_ids[index]
+            if item not in exclude:
+                picks.append((item, float(self.popularity[index]) / total))
+                if len(picks) == k:
+                    break
+        return picks
+
+    def recommend_batch(
+        self,
+        histories: Sequence[Sequence[str]],
+        types: Sequence[Sequence[str]] | None = None,
+        k: int = 20,
+        exclude: Sequence[Collection[str]] | None = None,
+    ) -> list[list[Recommendation]]:
+        """Top-k per history; histories with no known item get popularity instead of the model."""
+        exclude = exclude if exclude is not None else [()] * len(histories)
+        answers = self.search(self.encode(histories, types), k, exclude)
+        return [
+            answer if self.known(history) else self.popular(k, excluded)
+            for history, answer, excluded in zip(histories, answers, exclude, strict=True)
+        ]
+
+    def recommend(
+        self,
+        history: Sequence[str],
+        k: int = 20,
+        exclude: Collection[str] = (),
+        types: Sequence[str] | None = None,
+    ) -> list[Recommendation]:
+        """Top-k items for one history (item ids oldest first); unknown ids are ignored."""
+        return self.recommend_batch([history], [types] if types is not None else None, k, [exclude])[0]
+
+
+class RecommenderScorer:
+    """A trained artifact as a full-ranking `Scorer` over the harness's vocabulary (wrap it in `Prefitted`)."""
+
+    name = "SASRec (bundlecast)"
+
+    def __init__(self, recommender: Recommender, vocab: ItemVocab) -> None:
+        self.recommender = recommender
+        # The harness vocabulary may order items differently; map its columns onto the model's rows.
+        rows = [recommender.vocab.get(item) for item in vocab.item_ids]
+        self._known = np.array([row is not None for row in rows], dtype=bool)
+        self._rows = np.array([row for row in rows if row is not None], dtype=np.int64)
+
+    def fit(self, train: Sequence[Session], vocab: ItemVocab) -> None:
+        """Nothing to learn: the artifact is already trained."""
+
+    def score(self, cases: Sequence[Case]) -> np.ndarray:
+        vectors = self.recommender.encode([c.prefix for c in cases], [c.prefix_types for c in cases])
+        scores = np.full((len(cases), len(self._known)), -np.inf, dtype=np.float32)
+        scores[:, self._known] = vectors @ self.recommender.item_vectors[self._rows].T
+        return scores

@@ -1,0 +1,134 @@
+"""SASRec-family session encoder: causal self-attention over a user's recent events.
+
+Kept in one readable file in the spirit of nanoGPT. Inputs are item indices shifted by one (0 is padding),
+event-type ids and positions counted back from the most recent event, so "the last thing the user did" always
+has the same position embedding however long the session is. The output item table is the input table (tied),
+which is what goes into FAISS: a session vector's inner product with an item row is the model's score, and
+items already in the session stay reachable, which matters because shoppers return to what they just viewed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.data import EVENT_TYPES
+
+PAD = 0
+
+
+@dataclass
+class SASRecConfig:
+    n_items: int
+    max_len: int = 50
+    dim: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    dropout: float = 0.25
+    temperature: float = (
+        0.07  # scores are cosine / temperature: normalised vectors train better on sparse data
+    )
+
+    def to_dict(self) -> dict[str, int | float]:
+        return asdict(self)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: SASRecConfig) -> None:
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.qkv = nn.Linear(config.dim, 3 * config.dim)
+        self.proj = nn.Linear(config.dim, config.dim)
+        self.dropout = config.dropout
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        batch, length, dim = x.shape
+        q, k, v = self.qkv(x).split(dim, dim=2)
+        q, k, v = (
+            t.view(batch, length, self.n_heads, dim // self.n_heads).transpose(1, 2) for t in (q, k, v)
+        )
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.proj(y.transpose(1, 2).reshape(batch, length, dim))
+
+
+class Block(nn.Module):
+    def __init__(self, config: SASRecConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.dim)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(config.dim, 4 * config.dim),
+            nn.GELU(),
+            nn.Linear(4 * config.dim, config.dim),
+            nn.Dropout(config.dropout),
+        )
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.ln_1(x), attn_mask))
+        return x + self.mlp(self.ln_2(x))
+
+
+class SASRec(nn.Module):
+    def __init__(self, config: SASRecConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.item_emb = nn.Embedding(config.n_items + 1, config.dim, padding_idx=PAD)
+        self.type_emb = nn.Embedding(len(EVENT_TYPES) + 1, config.dim, padding_idx=PAD)
+        self.pos_emb = nn.Embedding(config.max_len, config.dim)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.ln_f = nn.LayerNorm(config.dim)
+        nn.init.normal_(self.item_emb.weight, std=0.02)
+        nn.init.normal_(self.type_emb.weight, std=0.02)
+        nn.init.normal_(self.pos_emb.weight, std=0.02)
+
+    def hidden(self, items: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        """Per-position session vectors (B, L, d) for left-padded inputs; position t sees events <= t only."""
+        _, length = items.shape
+        valid = items != PAD
+        positions = (valid.cumsum(1) - 1).clamp(min=0, max=self.config.max_len - 1)
+        x = self.item_emb(items) + self.type_emb(types) + self.pos_emb(positions)
+        x = self.drop(x * valid.unsqueeze(-1))
+        causal = torch.ones(length, length, dtype=torch.bool, device=items.device).tril()
+        # Keys must be real events; every query may see itself, so padded rows never attend to nothing (NaN).
+        attn_mask = (causal & valid[:, None, :]) | torch.eye(length, dtype=torch.bool, device=items.device)
+        attn_mask = attn_mask.unsqueeze(1)
+        for block in self.blocks:
+            x = block(x, attn_mask)
+        return self.ln_f(x)
+
+    def item_vectors(self) -> torch.Tensor:
+        """The item table that goes into FAISS: unit rows, padding row dropped."""
+        return F.normalize(self.item_emb.weight[1:], dim=-1)
+
+    def session_vectors(self, items: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        """Unit session vectors (B, d) at the most recent event (inputs are left-padded)."""
+        return F.normalize(self.hidden(items, types)[:, -1], dim=-1)
+
+    def loss(
+        self,
+        items: torch.Tensor,
+        types: torch.Tensor,
+        targets: torch.Tensor,
+        candidates: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Softmax cross-entropy at every position with a target (targets: item index, -1 for none).
+
+        With `candidates` (sorted unique item indices that include every target) the softmax runs over
+        those items only: sampled softmax, for catalogues too large for a full softmax per step.
+        """
+        hidden = self.hidden(items, types)
+        has_target = targets >= 0
+        session = F.normalize(hidden[has_target], dim=-1) / self.config.temperature
+        target = targets[has_target]
+        if candidates is None:
+            return F.cross_entropy(session @ self.item_vectors().T, target)
+        item_vectors = F.normalize(self.item_emb(candidates + 1), dim=-1)
+        return F.cross_entropy(session @ item_vectors.T, torch.searchsorted(candidates, target))

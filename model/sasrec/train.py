@@ -1,0 +1,251 @@
+"""Train the SASRec session encoder: full-softmax cross-entropy, early stopping on validation MRR@20.
+
+Read top to bottom: encode sessions -> batches -> epochs (train, validate, checkpoint, early stop) -> best
+weights. `train_artifact` wraps that into a versioned artifact the stream and the evaluator load.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from model.data import EVENT_TYPES, Case, Dataset, Session
+from model.metrics import RankingAccumulator
+from model.sasrec.model import PAD, SASRec, SASRecConfig
+from model.vocab import ItemVocab
+
+TYPE_IDS = {name: i + 1 for i, name in enumerate(EVENT_TYPES)}  # 0 is padding
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    patience: int = 2  # epochs without validation MRR@20 improvement before stopping
+    negatives: int = 4096  # shared uniform negatives per step (sampled softmax); 0 = full softmax
+    max_valid_cases: int = 20_000  # validation is a deterministic sample when larger, to keep epochs cheap
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def encode_history(
+    items: Sequence[str], types: Sequence[str] | None, vocab: ItemVocab
+) -> tuple[list[int], list[int]]:
+    """Model inputs for a history: known items shifted by one (0 = padding) and type ids; unknown ids dropped."""
+    types = types if types is not None else ("view",) * len(items)
+    pairs = [
+        (vocab.get(item), TYPE_IDS.get(kind, TYPE_IDS["view"]))
+        for item, kind in zip(items, types, strict=True)
+    ]
+    known = [(index + 1, kind) for index, kind in pairs if index is not None]
+    return [index for index, _ in known], [kind for _, kind in known]
+
+
+def training_windows(
+    sessions: Sequence[Session], vocab: ItemVocab, max_len: int
+) -> list[tuple[list[int], list[int]]]:
+    """Sessions cut into windows of max_len + 1 events, so every event of a long history is a target once."""
+    windows = []
+    for session in sessions:
+        items, types = encode_history(session.items, session.types, vocab)
+        for start in range(0, max(len(items) - 1, 0), max_len):
+            window = slice(start, start + max_len + 1)
+            if len(items[window]) >= 2:
+                windows.append((items[window], types[window]))
+    return windows
+
+
+def left_pad(rows: Sequence[Sequence[int]], length: int, fill: int) -> torch.Tensor:
+    out = torch.full((len(rows), length), fill, dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            out[i, length - len(row) :] = torch.as_tensor(row[-length:], dtype=torch.long)
+    return out
+
+
+def history_batch(
+    histories: Sequence[tuple[list[int], list[int]]], max_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded (items, types) tensors for encoded histories, truncated to the most recent max_len events."""
+    length = max(1, min(max_len, max(len(items) for items, _ in histories)))
+    return left_pad([h[0] for h in histories], length, PAD), left_pad([h[1] for h in histories], length, PAD)
+
+
+def training_batches(
+    windows: Sequence[tuple[list[int], list[int]]], batch_size: int, rng: random.Random
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Shuffled batches of windows of similar length: sessions are short, so padding would dominate."""
+    order = sorted(range(len(windows)), key=lambda i: (len(windows[i][0]), rng.random()))
+    chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    rng.shuffle(chunks)
+    for chunk in chunks:
+        rows = [windows[i] for i in chunk]
+        length = max(len(items) for items, _ in rows) - 1
+        items = left_pad([w[0][:-1] for w in rows], length, PAD)
+        types = left_pad([w[1][:-1] for w in rows], length, PAD)
+        targets = left_pad([[t - 1 for t in w[0][1:]] for w in rows], length, -1)
+        yield items, types, targets
+
+
+def candidates(targets: torch.Tensor, config: TrainConfig, n_items: int) -> torch.Tensor | None:
+    """Items the softmax runs over this step: the batch's targets plus shared uniform negatives."""
+    if not 0 < config.negatives < n_items:
+        return None
+    negatives = torch.randint(0, n_items, (config.negatives,), device=targets.device)
+    return torch.unique(torch.cat([targets[targets >= 0], negatives]))
+
+
+@torch.no_grad()
+def session_vectors(
+    model: SASRec,
+    histories: Sequence[tuple[list[int], list[int]]],
+    device: torch.device,
+    batch_size: int = 1024,
+) -> np.ndarray:
+    """Unit session vectors for encoded histories, in batches; one forward pass per batch."""
+    model.eval()
+    out = np.zeros((len(histories), model.config.dim), dtype=np.float32)
+    for start in range(0, len(histories), batch_size):
+        items, types = history_batch(histories[start : start + batch_size], model.config.max_len)
+        out[start : start + len(items)] = (
+            model.session_vectors(items.to(device), types.to(device)).cpu().numpy()
+        )
+    return out
+
+
+@torch.no_grad()
+def validate(
+    model: SASRec, cases: Sequence[Case], vocab: ItemVocab, device: torch.device
+) -> dict[str, float]:
+    """Full-ranking HR@20 / MRR@20 over all items; cases with unknown targets count as misses."""
+    histories = [encode_history(c.prefix, c.prefix_types, vocab) for c in cases]
+    targets = np.array([vocab.get(c.target) if c.target in vocab else -1 for c in cases])
+    vectors = session_vectors(model, histories, device)
+    items = model.item_vectors().cpu().numpy()
+    accumulator = RankingAccumulator(item_counts=np.ones(len(vocab)), ks=(20,))
+    for start in range(0, len(cases), 2048):
+        accumulator.update(vectors[start : start + 2048] @ items.T, targets[start : start + 2048])
+    summary = accumulator.result()
+    return {"hr@20": summary["HR@20"], "mrr@20": summary["MRR@20"]}
+
+
+def train(
+    train_sessions: Sequence[Session],
+    valid_cases: Sequence[Case],
+    vocab: ItemVocab,
+    model_config: SASRecConfig,
+    config: TrainConfig,
+    checkpoint: Path | None = None,
+) -> tuple[SASRec, dict[str, object]]:
+    """Train with early stopping; return the best model on validation and the training history."""
+    set_seed(config.seed)
+    device = resolve_device(config.device)
+    model = SASRec(model_config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    windows = training_windows(train_sessions, vocab, model_config.max_len)
+    valid = list(valid_cases)
+    if len(valid) > config.max_valid_cases:
+        valid = random.Random(config.seed).sample(valid, config.max_valid_cases)
+    rng = random.Random(config.seed)
+    best_mrr, best_state, stale, history = -1.0, None, 0, []
+    started = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        total, steps = 0.0, 0
+        progress = tqdm(
+            training_batches(windows, config.batch_size, rng),
+            total=-(-len(windows) // config.batch_size),
+            desc=f"epoch {epoch}",
+            unit="batch",
+            leave=False,
+        )
+        for items, types, targets in progress:
+            targets = targets.to(device)
+            loss = model.loss(
+                items.to(device), types.to(device), targets, candidates(targets, config, len(vocab))
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            total, steps = total + loss.item(), steps + 1
+            progress.set_postfix(loss=f"{total / steps:.3f}")
+        scores = validate(model, valid, vocab, device) if valid else {"hr@20": 0.0, "mrr@20": 0.0}
+        record = {
+            "epoch": epoch,
+            "loss": total / max(steps, 1),
+            **scores,
+            "seconds": time.perf_counter() - started,
+        }
+        history.append(record)
+        tqdm.write(
+            f"epoch {epoch}: loss {record['loss']:.4f}  valid HR@20 {scores['hr@20']:.4f}  "
+            f"MRR@20 {scores['mrr@20']:.4f}  ({record['seconds']:.0f}s)"
+        )
+        if scores["mrr@20"] > best_mrr:
+            best_mrr, stale = scores["mrr@20"], 0
+            best_state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+            if checkpoint is not None:
+                torch.save(
+                    {"model": best_state, "config": model_config.to_dict(), "epoch": epoch}, checkpoint
+                )
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return model, {
+        "history": history,
+        "best_valid_mrr@20": best_mrr,
+        "train_seconds": time.perf_counter() - started,
+        "train_windows": len(windows),
+        "train_config": asdict(config),
+    }
+
+
+def train_artifact(
+    dataset: Dataset,
+    out_root: Path,
+    model_config: SASRecConfig | None = None,
+    config: TrainConfig | None = None,
+) -> Path:
+    """Train on a dataset and publish a complete, versioned artifact under out_root; return its directory."""
+    from model.recommender import write_artifact  # the artifact format lives with its reader
+
+    config = config or TrainConfig()
+    vocab = ItemVocab.from_sequences(session.items for session in dataset.train)
+    model_config = model_config or SASRecConfig(n_items=len(vocab))
+    model_config.n_items = len(vocab)
+    out_root.mkdir(parents=True, exist_ok=True)
+    model, report = train(
+        dataset.train, dataset.valid, vocab, model_config, config, checkpoint=out_root / "checkpoint.pt"
+    )
+    version_dir = write_artifact(out_root, model, vocab, dataset, report)
+    (out_root / "checkpoint.pt").unlink(missing_ok=True)
+    print(json.dumps({"version": version_dir.name, "best_valid_mrr@20": report["best_valid_mrr@20"]}))
+    return version_dir

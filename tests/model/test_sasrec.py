@@ -1,0 +1,125 @@
+"""The SASRec encoder and its training loop: masking, padding, loss, batching."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from model.data import Session, views
+from model.sasrec.model import PAD, SASRec, SASRecConfig
+from model.sasrec.train import (
+    TrainConfig,
+    candidates,
+    encode_history,
+    train,
+    training_batches,
+    training_windows,
+)
+from model.vocab import ItemVocab
+
+
+@pytest.fixture
+def model() -> SASRec:
+    torch.manual_seed(0)
+    return SASRec(SASRecConfig(n_items=30, max_len=8, dim=16, n_heads=2, dropout=0.0)).eval()
+
+
+def test_no_future_leak(model: SASRec) -> None:
+    items = torch.tensor([[PAD, 3, 5, 7, 9]])
+    types = torch.tensor([[PAD, 1, 1, 1, 1]])
+    changed = items.clone()
+    changed[0, -1] = 11
+    with torch.no_grad():
+        before, after = model.hidden(items, types), model.hidden(changed, types)
+    # Earlier positions must not see the last event; the last one must.
+    torch.testing.assert_close(before[0, :-1], after[0, :-1])
+    assert not torch.allclose(before[0, -1], after[0, -1])
+
+
+def test_a_position_sees_the_same_thing_in_training_and_at_inference(model: SASRec) -> None:
+    """Training reads every position of a window; inference reads the last one of a shorter history."""
+    window = torch.tensor([[3, 5, 7, 9]])
+    history = torch.tensor([[PAD, PAD, 3, 5]])
+    with torch.no_grad():
+        in_training = model.hidden(window, torch.ones_like(window))[0, 1]
+        at_inference = model.hidden(history, (history != PAD).long())[0, -1]
+    torch.testing.assert_close(in_training, at_inference)
+
+
+def test_left_padding_does_not_change_the_session_vector(model: SASRec) -> None:
+    short = torch.tensor([[3, 5, 7]])
+    padded = torch.tensor([[PAD, PAD, PAD, 3, 5, 7]])
+    with torch.no_grad():
+        a = model.session_vectors(short, torch.ones_like(short))
+        b = model.session_vectors(padded, (padded != PAD).long())
+    torch.testing.assert_close(a, b)
+    assert torch.isfinite(model.hidden(padded, (padded != PAD).long())).all()
+
+
+def test_event_type_changes_the_session_vector(model: SASRec) -> None:
+    items = torch.tensor([[3, 5, 7]])
+    with torch.no_grad():
+        viewed = model.session_vectors(items, torch.tensor([[1, 1, 1]]))
+        bought = model.session_vectors(items, torch.tensor([[1, 1, 4]]))
+    assert not torch.allclose(viewed, bought)
+
+
+def test_encode_history_drops_unknown_items_and_keeps_types() -> None:
+    vocab = ItemVocab(["a", "b"])
+    assert encode_history(["a", "zzz", "b"], ["view", "view", "purchase"], vocab) == ([1, 2], [1, 4])
+    assert encode_history(["zzz"], None, vocab) == ([], [])
+
+
+def test_long_sessions_become_windows_that_cover_every_target() -> None:
+    vocab = ItemVocab([str(i) for i in range(30)])
+    windows = training_windows([views([str(i) for i in range(25)])], vocab, max_len=10)
+    targets = [t for items, _ in windows for t in items[1:]]
+    assert sorted(targets) == [i + 1 for i in range(1, 25)]
+    assert all(len(items) <= 11 for items, _ in windows)
+
+
+def test_batches_hold_every_window_once_with_aligned_targets() -> None:
+    windows = [([1, 2, 3], [1, 1, 1]), ([4, 5], [1, 1]), ([6, 7, 8, 9], [1, 1, 1, 1])]
+    seen = []
+    for items, _, targets in training_batches(windows, batch_size=2, rng=random.Random(0)):
+        for row_items, row_targets in zip(items.tolist(), targets.tolist(), strict=True):
+            pairs = [(i, t) for i, t in zip(row_items, row_targets, strict=True) if i != PAD]
+            seen.append(pairs)
+            assert all(
+                t == nxt - 1
+                for (_, t), (nxt, _) in zip(pairs, [*pairs[1:], (0, 0)], strict=False)
+                if t >= 0 and nxt
+            )
+    assert sorted(len(p) for p in seen) == [1, 2, 3]
+
+
+def test_sampled_softmax_candidates_contain_every_target() -> None:
+    targets = torch.tensor([[-1, 4, 9], [17, -1, 2]])
+    picked = candidates(targets, TrainConfig(negatives=5), n_items=100)
+    assert picked is not None
+    assert set(targets[targets >= 0].tolist()) <= set(picked.tolist())
+    assert picked.tolist() == sorted(set(picked.tolist()))
+    assert candidates(targets, TrainConfig(negatives=0), n_items=100) is None
+
+
+@pytest.mark.parametrize("negatives", [0, 8])
+def test_training_learns_a_deterministic_pattern(negatives: int) -> None:
+    """Sessions follow a -> b -> c; a trained model must rank the true next item first."""
+    chains = [["a", "b", "c", "d"], ["e", "f", "g", "h"], ["i", "j", "k", "l"]]
+    sessions: list[Session] = [views(chain) for chain in chains for _ in range(30)]
+    vocab = ItemVocab.from_sequences(s.items for s in sessions)
+    from model.data import Case
+
+    valid = [Case(tuple(chain[:2]), ("view", "view"), chain[2]) for chain in chains]
+    _, report = train(
+        sessions,
+        valid,
+        vocab,
+        SASRecConfig(n_items=len(vocab), max_len=4, dim=16, n_heads=1, n_layers=1, dropout=0.0),
+        TrainConfig(epochs=12, batch_size=16, lr=1e-2, negatives=negatives, patience=12),
+    )
+    history = report["history"]
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert report["best_valid_mrr@20"] == pytest.approx(1.0)
