@@ -1,0 +1,87 @@
+"""Basket completion: give one item of a held-out basket, score the others among the top k.
+
+For each held-out basket with two or more distinct products, the anchor is its first line (deterministic)
+and the targets are the other products. Recall@k is the share of targets among `complete([anchor], k)`,
+Hit@k whether any target is there, both averaged over baskets. The baselines run in the same loop:
+popularity and raw co-purchase counts ("frequently bought together").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import scipy.sparse as sp
+from tqdm import tqdm
+
+from model.complement.model import incidence
+from model.vocab import ItemVocab
+
+
+class Completer(Protocol):
+    def complete(self, items: Sequence[str], k: int = 10) -> list[tuple[str, float]]: ...
+
+
+class PopularityCompleter:
+    """The best sellers, whatever the anchor."""
+
+    def __init__(self, baskets: Sequence[Sequence[str]]) -> None:
+        self.vocab = ItemVocab.from_sequences(baskets)
+        self.counts = np.asarray(incidence(baskets, self.vocab).sum(axis=0)).ravel()
+
+    def complete(self, items: Sequence[str], k: int = 10) -> list[tuple[str, float]]:
+        return _top(self.counts.astype(np.float64), self.vocab, items, k)
+
+
+class CoPurchaseCompleter:
+    """Frequently bought together: raw co-purchase counts with the anchors, best sellers breaking ties."""
+
+    def __init__(self, baskets: Sequence[Sequence[str]]) -> None:
+        self.vocab = ItemVocab.from_sequences(baskets)
+        matrix = incidence(baskets, self.vocab)
+        self.counts = np.asarray(matrix.sum(axis=0)).ravel()
+        self.pairs: sp.csr_matrix = (matrix.T @ matrix).tocsr()
+
+    def complete(self, items: Sequence[str], k: int = 10) -> list[tuple[str, float]]:
+        anchors = self.vocab.encode(items)
+        together = np.asarray(self.pairs[anchors].sum(axis=0)).ravel() if anchors else 0.0
+        scores = together + self.counts / (self.counts.sum() + 1.0)
+        return _top(scores, self.vocab, items, k)
+
+
+def _top(scores: np.ndarray, vocab: ItemVocab, exclude: Sequence[str], k: int) -> list[tuple[str, float]]:
+    scores = scores.copy()
+    scores[vocab.encode(exclude)] = -np.inf
+    top = np.argsort(-scores, kind="stable")[:k]
+    return [(vocab.item_ids[i], float(scores[i])) for i in top if np.isfinite(scores[i])]
+
+
+@dataclass(frozen=True)
+class CompletionResult:
+    recall: float
+    hit: float
+    baskets: int
+
+
+def completion_cases(baskets: Sequence[Sequence[str]]) -> list[tuple[str, tuple[str, ...]]]:
+    """(anchor = first line, the other distinct products) for every basket of two or more products."""
+    cases = []
+    for basket in baskets:
+        items = tuple(dict.fromkeys(basket))
+        if len(items) >= 2:
+            cases.append((items[0], items[1:]))
+    return cases
+
+
+def evaluate_completion(
+    completer: Completer, cases: Sequence[tuple[str, Sequence[str]]], k: int = 10, desc: str = "complete"
+) -> CompletionResult:
+    recalls, hits = [], []
+    for anchor, targets in tqdm(cases, desc=desc, unit="basket", disable=None, leave=False):
+        predicted = {item for item, _ in completer.complete([anchor], k=k)}
+        found = sum(target in predicted for target in targets)
+        recalls.append(found / len(targets))
+        hits.append(found > 0)
+    return CompletionResult(float(np.mean(recalls)), float(np.mean(hits)), len(cases))

@@ -1,0 +1,178 @@
+"""Near-duplicates (substitutes) and product kinds, from item ids and catalogue descriptions.
+
+A bundle of "PINK RETROSPOT CAKE CASES" and "RED RETROSPOT CAKE CASES" is one product in two colours: a
+substitute, not a complement. Two items are near-duplicates when
+
+- their stock codes share a base (online-retail codes 85123A and 85123B are variants of product 85123), or
+- they have the same *product type* (the description's noun phrase) and most of their content words in common,
+  content words being what is left once colours, sizes, counts and filler words are removed ("JUMBO BAG RED
+  RETROSPOT" and "JUMBO BAG PINK POLKADOT" are both a "JUMBO BAG", and share half their content words). The
+  overlap keeps apart items of one design range that the type heuristic below mistakes for one type
+  ("LUNCH BAG DOLLY GIRL" and "DOLLY GIRL CHILDRENS CUP"), and a range is what a bundle should be made of.
+
+The product type is the leading or trailing pair of content words, whichever the catalogue uses more often
+in that position: catalogue descriptions put the noun either first ("JUMBO BAG <design>", "LUNCH BAG
+<design>") or last ("<design> CAKE CASES", "<design> T-LIGHT HOLDER"), and a phrase that many descriptions
+share in one position is the product, the rest is the design. A product's *kind* is coarser: the head
+noun of its type, singular ("BAG", "CASE", "HOLDER"), so that a bundle can ask for more than one kind.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from itertools import combinations
+
+import pandas as pd
+
+COLOURS = frozenset(
+    [
+        "RED",
+        "PINK",
+        "BLUE",
+        "GREEN",
+        "WHITE",
+        "BLACK",
+        "IVORY",
+        "CREAM",
+        "SILVER",
+        "GOLD",
+        "PURPLE",
+        "YELLOW",
+        "ORANGE",
+        "BROWN",
+        "GREY",
+        "GRAY",
+        "NATURAL",
+        "PASTEL",
+        "LILAC",
+        "TURQUOISE",
+        "AQUA",
+        "CHOCOLATE",
+        "COPPER",
+        "BRONZE",
+        "CLEAR",
+        "TEAL",
+        "MAUVE",
+        "BEIGE",
+    ]
+)
+SIZES = frozenset(["SMALL", "LARGE", "MEDIUM", "MINI", "BIG", "GIANT", "TINY", "XL", "XXL", "S", "M", "L"])
+FILLER = frozenset(
+    [
+        "SET",
+        "OF",
+        "PACK",
+        "THE",
+        "AND",
+        "WITH",
+        "IN",
+        "ON",
+        "A",
+        "AN",
+        "FOR",
+        "TO",
+        "W/",
+        "W",
+        "DESIGN",
+        "ASSORTED",
+        "COLOUR",
+        "COLOURS",
+        "COLOURED",
+    ]
+)
+_TOKEN = re.compile(r"[A-Z0-9][A-Z0-9'/&.-]*")
+_COUNT = re.compile(r"^(?:\d+|S/\d+|\d+[A-Z]{0,2})$")  # "12", "S/3", "3PC"
+_BASE_CODE = re.compile(r"^(\d{4,})[A-Z]{0,3}$")
+MIN_SHARED_CONTENT = 0.5  # Jaccard overlap of content words for two items of one type to be near-duplicates
+
+
+def description_tokens(description: str) -> list[str]:
+    """Upper-case word tokens of a description (the text features of the complement model use these too)."""
+    return _TOKEN.findall(str(description).upper())
+
+
+def content_tokens(description: str) -> list[str]:
+    """Tokens that name the product or its design: colours, sizes, counts and filler words removed."""
+    return [
+        token
+        for token in description_tokens(description)
+        if token not in COLOURS and token not in SIZES and token not in FILLER and not _COUNT.match(token)
+    ]
+
+
+def base_code(item_id: str) -> str:
+    """The product a stock code is a variant of (85123A -> 85123); other codes map to themselves."""
+    match = _BASE_CODE.match(item_id.strip().upper())
+    return match.group(1) if match else item_id
+
+
+def _singular(word: str) -> str:
+    if word.endswith("IES") and len(word) > 4:
+        return word[:-3] + "Y"
+    if word.endswith(("SSES", "XES", "CHES", "SHES")):
+        return word[:-2]
+    if word.endswith("S") and not word.endswith("SS") and len(word) > 3:
+        return word[:-1]
+    return word
+
+
+class ProductKinds:
+    """Product type, kind and base code of every catalogue item, and the near-duplicate relation over them."""
+
+    def __init__(self, descriptions: dict[str, str]) -> None:
+        content = {item: content_tokens(text) for item, text in descriptions.items()}
+        self.content: dict[str, frozenset[str]] = {
+            item: frozenset(tokens) for item, tokens in content.items()
+        }
+        leading = Counter(" ".join(tokens[:2]) for tokens in content.values() if len(tokens) >= 3)
+        trailing = Counter(" ".join(tokens[-2:]) for tokens in content.values() if len(tokens) >= 2)
+        self.product_types: dict[str, str] = {
+            item: self._product_type(tokens, leading, trailing) for item, tokens in content.items()
+        }
+        self.kinds: dict[str, str] = {
+            item: _singular(product_type.split()[-1]) if product_type else ""
+            for item, product_type in self.product_types.items()
+        }
+
+    @classmethod
+    def from_catalog(cls, catalog: pd.DataFrame | None) -> ProductKinds:
+        if catalog is None or catalog.empty:
+            return cls({})
+        descriptions = catalog["description"].fillna("").astype(str)
+        return cls(dict(zip(catalog["item_id"].astype(str), descriptions, strict=True)))
+
+    @staticmethod
+    def _product_type(tokens: Sequence[str], leading: Counter[str], trailing: Counter[str]) -> str:
+        if len(tokens) <= 2:
+            return " ".join(tokens)
+        head, tail = " ".join(tokens[:2]), " ".join(tokens[-2:])
+        if leading[head] > trailing[tail] and leading[head] >= 3:
+            return head
+        if trailing[tail] >= 2:
+            return tail
+        return tokens[-1]
+
+    def product_type(self, item_id: str) -> str:
+        return self.product_types.get(item_id, "")
+
+    def kind(self, item_id: str) -> str:
+        """Coarse product kind (head noun); an item without a description is its own kind."""
+        return self.kinds.get(item_id) or item_id
+
+    def are_near_duplicates(self, a: str, b: str) -> bool:
+        if a == b or base_code(a) == base_code(b):
+            return True
+        type_a, type_b = self.product_types.get(a), self.product_types.get(b)
+        if not type_a or type_a != type_b:
+            return False
+        words_a, words_b = self.content[a], self.content[b]
+        return len(words_a & words_b) >= MIN_SHARED_CONTENT * len(words_a | words_b)
+
+    def conflicts(self, candidate: str, chosen: Iterable[str]) -> bool:
+        """Whether `candidate` is a near-duplicate of any item already chosen."""
+        return any(self.are_near_duplicates(candidate, item) for item in chosen)
+
+    def near_duplicate_pairs(self, items: Sequence[str]) -> list[tuple[str, str]]:
+        return [(a, b) for a, b in combinations(items, 2) if self.are_near_duplicates(a, b)]
