@@ -1,0 +1,163 @@
+"""Stream settings: one pydantic-settings model read from `BUNDLECAST_*` env vars, mirrored as CLI flags.
+
+`settings_options` turns every field into a `--flag` of a typer command, so the env var names, the flags
+and their help texts cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import ssl
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import typer
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from rich.markup import escape
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+class StreamSettings(BaseSettings):
+    """Everything a worker, replay, tail, demo or bench run needs to know about Kafka, model and state."""
+
+    model_config = SettingsConfigDict(env_prefix="BUNDLECAST_", extra="ignore", protected_namespaces=())
+
+    kafka_bootstrap: str | None = Field(
+        None,
+        description="Kafka bootstrap servers, host:port[,host:port]. Unset: `demo` and `bench` start Tansu.",
+    )
+    kafka_security_protocol: SecurityProtocol = Field("PLAINTEXT", description="Kafka security protocol.")
+    kafka_sasl_mechanism: SaslMechanism = Field("PLAIN", description="SASL mechanism (SASL_* protocols).")
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password.")
+    kafka_ssl_cafile: Path | None = Field(
+        None, description="CA bundle to verify the brokers (SSL, SASL_SSL)."
+    )
+    kafka_ssl_certfile: Path | None = Field(None, description="Client certificate for mutual TLS.")
+    kafka_ssl_keyfile: Path | None = Field(None, description="Private key of the client certificate.")
+    kafka_session_timeout_s: float = Field(
+        6.0, gt=0, description="Consumer group session timeout; a dead worker's partitions move after this."
+    )
+    app_id: str = Field(
+        "bundlecast", description="Consumer group id and prefix of the state changelog topic."
+    )
+    input_topic: str = Field("clickstream", description="Topic the clickstream events are read from.")
+    output_topic: str = Field("recommendations", description="Topic the recommendations are published to.")
+    dlq_topic: str = Field("clickstream.dlq", description="Dead-letter topic for malformed input.")
+    partitions: int = Field(
+        6, ge=1, description="Partitions of topics the worker creates (input's if it exists)."
+    )
+    replication_factor: int = Field(1, ge=1, description="Replication factor of topics the worker creates.")
+    model_dir: Path = Field(
+        Path("artifacts"), description="Model artifact root (LATEST) or a version directory."
+    )
+    reload_interval_s: float = Field(
+        5.0, ge=0, description="How often to check LATEST for a new model version (0: only on SIGHUP)."
+    )
+    state_dir: Path = Field(Path("state"), description="Directory of the worker's RocksDB session state.")
+    metrics_port: int = Field(
+        9108, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0: off)."
+    )
+    batch_size: int = Field(256, ge=1, description="Most events per micro-batch (one model forward each).")
+    batch_linger_ms: float = Field(5.0, ge=0, description="Longest wait to fill a micro-batch.")
+    top_k: int = Field(20, ge=1, le=1000, description="Items per recommendation.")
+    max_payload_bytes: int = Field(64 * 1024, ge=1, description="Larger input messages go to the DLQ.")
+    max_id_chars: int = Field(256, ge=1, description="Longer event, user, item or session ids go to the DLQ.")
+    session_max_events: int = Field(50, ge=1, description="Most recent events kept per user.")
+    session_gap_s: float = Field(
+        1800.0,
+        gt=0,
+        description="Event-time inactivity that starts a new session (recent events are dropped).",
+    )
+    state_ttl_s: float = Field(
+        7 * 24 * 3600.0,
+        gt=0,
+        description="Wall-clock inactivity after which a user's whole state is deleted.",
+    )
+    purchased_max: int = Field(500, ge=0, description="Most purchased items remembered per user (excluded).")
+    popularity_half_life_s: float = Field(
+        3600.0, gt=0, description="Half-life of the stream popularity counts."
+    )
+
+    @property
+    def batch_linger_s(self) -> float:
+        return self.batch_linger_ms / 1000.0
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for SSL and SASL_SSL, None for plaintext protocols."""
+        if not self.kafka_security_protocol.endswith("SSL"):
+            return None
+        context = ssl.create_default_context(cafile=self.kafka_ssl_cafile)
+        if self.kafka_ssl_certfile is not None:
+            context.load_cert_chain(self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
+        return context
+
+    def aiokafka_options(self) -> dict[str, Any]:
+        """Connection and security keyword arguments shared by every aiokafka client we create."""
+        if self.kafka_bootstrap is None:
+            raise ValueError(
+                "no Kafka broker configured: set BUNDLECAST_KAFKA_BOOTSTRAP or --kafka-bootstrap"
+            )
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.kafka_bootstrap,
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_security_protocol.startswith("SASL"):
+            options |= {
+                "sasl_mechanism": self.kafka_sasl_mechanism,
+                "sasl_plain_username": self.kafka_sasl_username,
+                "sasl_plain_password": (
+                    self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+                ),
+            }
+        if (context := self.ssl_context()) is not None:
+            options["ssl_context"] = context
+        return options
+
+
+def _flag_type(annotation: Any) -> Any:
+    """The type typer should parse a settings field as (Literal and SecretStr become str)."""
+    if isinstance(annotation, types.UnionType) or get_origin(annotation) is not None:
+        args = [arg for arg in get_args(annotation) if arg is not type(None)]
+        if get_origin(annotation) is Literal:
+            return str
+        return _flag_type(args[0])
+    return str if annotation is SecretStr else annotation
+
+
+def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add one CLI flag per `StreamSettings` field to a typer command that takes `settings`.
+
+    A flag given on the command line overrides the env var, which overrides the default.
+    """
+    own = [p for p in inspect.signature(command).parameters.values() if p.name != "settings"]
+    flags = []
+    for name, field in StreamSettings.model_fields.items():
+        default = "" if field.default is None else f"; default: {field.default}"
+        option = typer.Option(
+            None,
+            f"--{name.replace('_', '-')}",
+            help=escape(f"{field.description} [env: BUNDLECAST_{name.upper()}{default}]"),
+            show_default=False,
+            rich_help_panel="Settings",
+        )
+        flags.append(
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=_flag_type(field.annotation)
+            )
+        )
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        overrides = {name: kwargs.pop(name) for name in StreamSettings.model_fields}
+        settings = StreamSettings(**{k: v for k, v in overrides.items() if v is not None})
+        return command(settings=settings, **kwargs)
+
+    wrapper.__signature__ = inspect.Signature(own + flags)  # type: ignore[attr-defined]
+    return wrapper

@@ -1,0 +1,53 @@
+"""The model currently answering, and its hot reload.
+
+A new artifact version (LATEST moved under `BUNDLECAST_MODEL_DIR`, or SIGHUP) is loaded off the event
+loop and then swapped in with one reference assignment. The worker reads `current` once per batch, so
+a batch is answered entirely by one version and no event is dropped or answered twice by the swap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from model import Recommender
+from model.artifacts import resolve_version
+from stream import metrics
+
+log = logging.getLogger(__name__)
+
+
+class ModelHolder:
+    def __init__(self, model_dir: Path) -> None:
+        self.model_dir = model_dir
+        self.current = Recommender.load(model_dir)
+        metrics.set_model_version(self.current.version, len(self.current.vocab))
+        self._lock = asyncio.Lock()
+
+    def pending_version(self) -> Path | None:
+        """The version directory that should answer, when it differs from the current one."""
+        target = resolve_version(self.model_dir)
+        return None if target.resolve() == self.current.version_dir.resolve() else target
+
+    async def reload_if_changed(self) -> bool:
+        """Load and swap in a newer version if there is one; on failure keep the current model."""
+        async with self._lock:
+            try:
+                target = self.pending_version()
+                if target is None:
+                    return False
+                loaded = await asyncio.to_thread(Recommender.load, target)
+            except Exception:
+                metrics.MODEL_RELOAD_FAILURES.inc()
+                log.exception(
+                    "model reload from %s failed; version %s keeps answering",
+                    self.model_dir,
+                    self.current.version,
+                )
+                return False
+            previous, self.current = self.current.version, loaded
+            metrics.MODEL_RELOADS.inc()
+            metrics.set_model_version(loaded.version, len(loaded.vocab))
+            log.warning("model reloaded: %s -> %s", previous, loaded.version)
+            return True

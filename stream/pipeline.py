@@ -1,0 +1,90 @@
+"""One micro-batch, independent of Kafka: admit events into state, then answer them all at once.
+
+`admit` runs per message (validation, state update, stream popularity); `answer` runs once per batch
+with one model forward for the users with known items and one FAISS search, and popularity for the
+rest. The Faust agent in `stream.worker` feeds these with Kafka messages and a RocksDB-backed table;
+tests feed them with plain dicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from model import Recommender
+from stream import metrics
+from stream.answer import Answer, ScoredItem, compose_answer, personalized, popular
+from stream.config import StreamSettings
+from stream.events import ClickEvent, Limits, Rejection, parse_event
+from stream.popularity import DecayedPopularity
+from stream.state import StateLimits, UserState, apply_event
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A valid event with the user's state right after it (what its answer is computed from)."""
+
+    event: ClickEvent
+    state: UserState
+    arrived: float  # time.monotonic() when the message reached the worker
+
+
+class Pipeline:
+    def __init__(self, settings: StreamSettings) -> None:
+        self.k = settings.top_k
+        self.limits = Limits(settings.max_payload_bytes, settings.max_id_chars)
+        self.state_limits = StateLimits(
+            settings.session_max_events, settings.session_gap_s, settings.purchased_max
+        )
+        self.popularity = DecayedPopularity(settings.popularity_half_life_s)
+
+    def admit(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        states: MutableMapping[bytes, Any],
+        arrived: float,
+        now: float,
+    ) -> Admitted | Rejection:
+        """Validate one message; a valid one updates its user's state (`states`, keyed by UTF-8 user_id)."""
+        parsed = parse_event(key, value, self.limits)
+        if isinstance(parsed, Rejection):
+            metrics.DLQ_EVENTS.labels(reason=parsed.reason).inc()
+            return parsed
+        metrics.EVENTS_CONSUMED.labels(type=parsed.type).inc()
+        user_key = parsed.user_id.encode("utf-8")
+        state, applied = apply_event(
+            UserState.from_json(states.get(user_key)), parsed, now, self.state_limits
+        )
+        if applied:
+            states[user_key] = state.to_json()
+            self.popularity.add(parsed.item_id, parsed.type, now)
+        return Admitted(parsed, state, arrived)
+
+    def answer(self, recommender: Recommender, batch: Sequence[Admitted], now: float) -> list[Answer]:
+        """Answers for a batch, in order: the model for users with a known item, popularity otherwise."""
+        is_warm = [recommender.known(admitted.state.history) for admitted in batch]
+        warm = [i for i, known in enumerate(is_warm) if known]
+        cold = [i for i, known in enumerate(is_warm) if not known]
+        items: list[tuple[ScoredItem, ...]] = [()] * len(batch)
+        if warm:
+            with metrics.observe_stage("model"):
+                vectors = recommender.encode(
+                    [batch[i].state.history for i in warm], [batch[i].state.history_types for i in warm]
+                )
+            with metrics.observe_stage("faiss"):
+                ranked = recommender.search(vectors, self.k, [batch[i].state.excluded for i in warm])
+            for i, candidates in zip(warm, ranked, strict=True):
+                items[i] = personalized(candidates, batch[i].state, self.k)
+        if cold:
+            metrics.COLD_START_ANSWERS.inc(len(cold))
+            depth = self.k + max(len(batch[i].state.excluded) for i in cold)
+            sources = (
+                self.popularity.top(depth, now, recommender.vocab),
+                recommender.popular(depth),
+            )
+            for i in cold:
+                items[i] = popular(sources, batch[i].state.excluded, self.k)
+        with metrics.observe_stage("bundles"):
+            return [compose_answer(recommender, admitted.state, items[i]) for i, admitted in enumerate(batch)]

@@ -1,0 +1,122 @@
+"""Per-user session state and its pure update rule.
+
+The worker keeps one `UserState` per user in a Faust table on RocksDB (JSON values, changelogged), so
+these functions define what survives a restart. Everything is bounded: recent events, cart and
+purchases have caps, and a user idle for `state_ttl_s` is deleted altogether.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from stream.events import ClickEvent
+
+
+@dataclass(frozen=True)
+class StateLimits:
+    max_events: int = 50
+    session_gap_s: float = 1800.0
+    purchased_max: int = 500
+
+
+@dataclass(frozen=True)
+class RecentEvent:
+    event_id: str
+    item_id: str
+    type: str
+    ts: float
+
+
+@dataclass(frozen=True)
+class UserState:
+    """Recent events of the current session (oldest first), cart, purchases, and activity times."""
+
+    events: tuple[RecentEvent, ...] = ()
+    cart: tuple[str, ...] = ()
+    purchased: tuple[str, ...] = ()
+    last_event_ts: float = 0.0  # event time of the newest event (session boundaries)
+    updated_at: float = 0.0  # worker wall-clock time of the last update (state expiry)
+    sessions: int = 0  # sessions started so far
+
+    @property
+    def history(self) -> tuple[str, ...]:
+        return tuple(event.item_id for event in self.events)
+
+    @property
+    def history_types(self) -> tuple[str, ...]:
+        return tuple(event.type for event in self.events)
+
+    @property
+    def excluded(self) -> frozenset[str]:
+        """Items never worth recommending to this user again right now: bought, or already in the cart."""
+        return frozenset(self.purchased) | frozenset(self.cart)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "events": [[e.event_id, e.item_id, e.type, e.ts] for e in self.events],
+            "cart": list(self.cart),
+            "purchased": list(self.purchased),
+            "last_event_ts": self.last_event_ts,
+            "updated_at": self.updated_at,
+            "sessions": self.sessions,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> UserState:
+        if not data:
+            return cls()
+        return cls(
+            events=tuple(
+                RecentEvent(str(i), str(item), str(t), float(ts)) for i, item, t, ts in data["events"]
+            ),
+            cart=tuple(data["cart"]),
+            purchased=tuple(data["purchased"]),
+            last_event_ts=float(data["last_event_ts"]),
+            updated_at=float(data["updated_at"]),
+            sessions=int(data["sessions"]),
+        )
+
+
+def _bounded_append(items: tuple[str, ...], item: str, cap: int) -> tuple[str, ...]:
+    """Move or add `item` to the end, keeping at most `cap` most recent entries."""
+    kept = (*(existing for existing in items if existing != item), item)
+    return kept[-cap:] if cap > 0 else ()
+
+
+def apply_event(
+    state: UserState, event: ClickEvent, now: float, limits: StateLimits
+) -> tuple[UserState, bool]:
+    """The state after `event`, and whether it was applied (False: a redelivered event_id, state unchanged).
+
+    Redeliveries after a crash (at-least-once) are recognised by event_id among the recent events, so
+    they are answered again but never counted twice in the session.
+    """
+    if any(recent.event_id == event.event_id for recent in state.events):
+        return state, False
+    new_session = not state.events or event.ts - state.last_event_ts > limits.session_gap_s
+    events = () if new_session else state.events
+    events = (*events, RecentEvent(event.event_id, event.item_id, event.type, event.ts))[-limits.max_events :]
+    cart, purchased = state.cart, state.purchased
+    if event.type == "add_to_cart":
+        cart = _bounded_append(cart, event.item_id, limits.max_events)
+    elif event.type == "remove_from_cart":
+        cart = tuple(item for item in cart if item != event.item_id)
+    elif event.type == "purchase":
+        cart = tuple(item for item in cart if item != event.item_id)
+        purchased = _bounded_append(purchased, event.item_id, limits.purchased_max)
+    updated = replace(
+        state,
+        events=events,
+        cart=cart,
+        purchased=purchased,
+        last_event_ts=max(state.last_event_ts, event.ts),
+        updated_at=now,
+        sessions=state.sessions + new_session,
+    )
+    return updated, True
+
+
+def is_expired(state_json: dict[str, Any], now: float, ttl_s: float) -> bool:
+    """Whether a stored state has been idle (wall clock) for longer than the TTL."""
+    return now - float(state_json.get("updated_at", 0.0)) > ttl_s

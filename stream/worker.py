@@ -1,0 +1,193 @@
+"""The Faust worker: clickstream in, micro-batched answers out, per-user state in a RocksDB table.
+
+Delivery is at-least-once: Faust commits an input offset only after the batch holding it was fully
+handled (`take_events` acks after the loop body) and after flushing the producer, so every valid event
+is answered before its offset is committed; a crash in between re-answers it with the same event_id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+import faust
+from faust.streams import _current_event
+from faust.types import EventT
+
+from stream import metrics
+from stream.answer import recommendation_message
+from stream.config import StreamSettings
+from stream.events import Rejection, dead_letter
+from stream.models import ModelHolder
+from stream.pipeline import Admitted, Pipeline
+from stream.state import is_expired
+from stream.topics import ensure_topics
+
+log = logging.getLogger(__name__)
+
+SESSIONS_TABLE = "sessions"
+LAG_INTERVAL_S = 5.0
+
+
+@contextmanager
+def event_context(event: EventT) -> Iterator[None]:
+    """Attribute table reads and writes to `event`'s partition.
+
+    Faust sets its current event only while a stream is iterated one event at a time; batches from
+    `take_events` leave it unset and table writes then fail (faust-streaming issue #497).
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+def _credentials(settings: StreamSettings) -> faust.types.auth.CredentialsT | None:
+    protocol = settings.kafka_security_protocol
+    if protocol.startswith("SASL"):
+        password = settings.kafka_sasl_password
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=password.get_secret_value() if password else None,
+            ssl_context=settings.ssl_context(),
+            mechanism=settings.kafka_sasl_mechanism,
+        )
+    if protocol == "SSL":
+        return faust.SSLCredentials(settings.ssl_context())
+    return None
+
+
+def create_app(settings: StreamSettings) -> faust.App:
+    """Create the topics, load the model, and wire the Faust app (not started)."""
+    bootstrap = settings.aiokafka_options()["bootstrap_servers"]
+    partitions = asyncio.run(ensure_topics(settings))
+    models = ModelHolder(settings.model_dir)
+    pipeline = Pipeline(settings)
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{host.strip()}" for host in bootstrap.split(",")],
+        broker_credentials=_credentials(settings),
+        store="rocksdb://",
+        datadir=str(settings.state_dir),
+        web_enabled=False,
+        topic_partitions=partitions,
+        topic_replication_factor=settings.replication_factor,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.kafka_session_timeout_s,
+        broker_rebalance_timeout=settings.kafka_session_timeout_s,
+        broker_heartbeat_interval=settings.kafka_session_timeout_s / 6,
+        # Our messages are JSON we build and validate ourselves; Faust only moves bytes.
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    source = app.topic(settings.input_topic, key_serializer="raw", value_serializer="raw")
+    output = app.topic(settings.output_topic, key_serializer="raw", value_serializer="raw")
+    dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
+    # bytes keys are stored raw (the user_id's UTF-8, as in the input's key); values are JSON.
+    sessions = app.Table(SESSIONS_TABLE, partitions=partitions, key_type=bytes)
+    next_offsets: dict[int, int] = {}
+
+    async def handle(events: Sequence[EventT]) -> None:
+        now, started = time.time(), time.monotonic()
+        admitted: list[Admitted] = []
+        letters: list[tuple[bytes | None, bytes]] = []
+        with metrics.observe_stage("state"):
+            for event in events:
+                message = event.message
+                with event_context(event):
+                    outcome = pipeline.admit(
+                        message.key, message.value, sessions, message.time_in or started, now
+                    )
+                if isinstance(outcome, Rejection):
+                    source_position = (message.topic, message.partition, message.offset)
+                    letters.append(
+                        (
+                            message.key,
+                            dead_letter(
+                                message.key, message.value, outcome, source_position, datetime.now(UTC)
+                            ),
+                        )
+                    )
+                else:
+                    admitted.append(outcome)
+        recommender = models.current  # one version answers the whole batch
+        answers = pipeline.answer(recommender, admitted, now) if admitted else []
+        with metrics.observe_stage("publish"):
+            for key, letter in letters:
+                await dlq.send(key=key, value=letter)
+            generated_at = datetime.now(UTC)
+            for item, answer in zip(admitted, answers, strict=True):
+                latency_s = time.monotonic() - item.arrived
+                body = recommendation_message(
+                    item.event, recommender.version, answer, generated_at, latency_s * 1e3
+                )
+                await output.send(key=item.event.user_id.encode("utf-8"), value=body)
+                metrics.END_TO_END_LATENCY.observe(latency_s)
+                metrics.BUNDLES_PUBLISHED.inc(len(answer.bundles))
+                for bundle in answer.bundles:
+                    metrics.BUNDLE_SIZE.observe(len(bundle.get("items", ())))
+        metrics.RECOMMENDATIONS_PUBLISHED.inc(len(admitted))
+        metrics.BATCH_SIZE.observe(len(events))
+        for event in events:
+            next_offsets[event.message.partition] = event.message.offset + 1
+
+    @app.agent(source)
+    async def recommend(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_linger_s):
+            await handle(events)
+
+    @app.task
+    async def reload_on_sighup() -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(models.reload_if_changed()))
+
+    if settings.reload_interval_s > 0:
+
+        @app.timer(settings.reload_interval_s)
+        async def poll_model_version() -> None:
+            await models.reload_if_changed()
+
+    @app.timer(LAG_INTERVAL_S)
+    async def report_lag() -> None:
+        for tp in app.consumer.assignment():
+            if tp.topic == settings.input_topic and tp.partition in next_offsets:
+                lag = max(app.consumer.highwater(tp) - next_offsets[tp.partition], 0)
+                metrics.CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
+
+    @app.timer(min(60.0, settings.state_ttl_s / 2))
+    async def expire_idle_users() -> None:
+        """Delete users idle for longer than the TTL, locally and (tombstone) in the changelog.
+
+        Outside stream iteration there is no event to take a partition from, so the tombstone goes to
+        the partition the key hashes to, which is the user's input partition under the contract
+        (key = user_id, default partitioner).
+        """
+        now = time.time()
+        entries = 0
+        expired = []
+        for key, value in sessions.items():
+            entries += 1
+            if is_expired(value, now, settings.state_ttl_s):
+                expired.append(key)
+        for key in expired:
+            del sessions.data[key]
+            sessions.send_changelog(None, key, None, value_serializer="raw")
+        metrics.SESSION_EXPIRATIONS.inc(len(expired))
+        metrics.SESSION_STATE_ENTRIES.set(entries - len(expired))
+
+    return app
+
+
+def run_worker(settings: StreamSettings, log_level: str = "warning") -> None:
+    """Run a worker until SIGINT/SIGTERM; Faust then commits what was answered and closes cleanly."""
+    app = create_app(settings)
+    if settings.metrics_port:
+        metrics.start_metrics_server(settings.metrics_port)
+    faust.Worker(app, loglevel=log_level).execute_from_commandline()
