@@ -136,10 +136,10 @@ class SequentialRules(_RepeatAware):
     def __init__(
         self,
         window: int = 10,
-        last_items: int = 3,
-        last_decay: float = 0.5,
-        repeat_weight: float = 1.0,
-        repeat_decay: float = 0.5,
+        last_items: int = 10,
+        last_decay: float = 0.6,
+        repeat_weight: float = 2.0,
+        repeat_decay: float = 0.85,
     ) -> None:
         super().__init__(repeat_weight, repeat_decay)
         if window < 1 or last_items < 1 or not 0 < last_decay <= 1:
@@ -187,11 +187,11 @@ class SessionKNN(_RepeatAware):
 
     def __init__(
         self,
-        neighbours: int = 100,
+        neighbours: int = 200,
         sample_size: int | None = 1000,
-        idf_weighting: bool = False,
-        repeat_weight: float = 1.0,
-        repeat_decay: float = 0.5,
+        idf_weighting: bool = True,
+        repeat_weight: float = 4.0,
+        repeat_decay: float = 0.85,
     ) -> None:
         super().__init__(repeat_weight, repeat_decay)
         if neighbours < 1 or (sample_size is not None and sample_size < neighbours):
