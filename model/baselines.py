@@ -8,6 +8,7 @@ the end of the RetailRocket training sessions (never on the test cases); see BEN
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -76,7 +77,7 @@ class Popularity:
         return np.tile(self._popularity, (len(cases), 1))
 
 
-class _RepeatAware:
+class _RepeatAware(ABC):
     """A method's own item scores plus a recency-weighted repeat score and a popularity tie-break.
 
     score = own / max(own) + repeat_weight * repeat / max(repeat) + TIE_BREAK_WEIGHT * popularity, with
@@ -115,12 +116,13 @@ class _RepeatAware:
         scores += TIE_BREAK_WEIGHT * self._popularity
         return scores
 
+    @abstractmethod
     def _fit_sessions(self, sessions: list[np.ndarray]) -> None:
-        raise NotImplementedError
+        """Learn from the training sessions, encoded as item-index arrays."""
 
+    @abstractmethod
     def _own_scores(self, prefixes: list[np.ndarray]) -> np.ndarray:
         """Dense float32 (cases, n_items) scores of the method itself, any non-negative scale."""
-        raise NotImplementedError
 
 
 class SequentialRules(_RepeatAware):

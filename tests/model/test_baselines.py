@@ -90,8 +90,9 @@ def test_session_knn_sample_keeps_only_the_most_recent_candidates():
 
 @pytest.mark.parametrize("scorer_type", [SequentialRules, SessionKNN])
 def test_unknown_items_fall_back_to_popularity(scorer_type):
-    scores = fitted(scorer_type()).score([case("unknown-1", "unknown-2")])[0]
-    assert ranking(scores)[:3] == ["a", "b", "c"]
+    scores = fitted(scorer_type()).score([case("unknown-1", "unknown-2")])
+    assert scores.dtype == np.float32
+    assert ranking(scores[0])[:3] == ["a", "b", "c"]
 
 
 @pytest.mark.parametrize("scorer_type", [Popularity, SequentialRules, SessionKNN])
