@@ -1,0 +1,114 @@
+"""One micro-batch without Kafka: state in a dict, the real small model, message building and schema."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+
+from model import Recommender
+from stream.answer import Answer, ScoredItem, personalized, popular, recommendation_message
+from stream.config import StreamSettings
+from stream.events import ClickEvent, Rejection
+from stream.pipeline import Admitted, Pipeline
+from stream.schemas import load_schema
+from stream.state import UserState
+
+
+@pytest.fixture(scope="module")
+def recommender(artifact_root: Path) -> Recommender:
+    return Recommender.load(artifact_root)
+
+
+def message(n: int, user: str, item: str, kind: str = "view") -> tuple[bytes, bytes]:
+    body = {"event_id": f"e{n}", "user_id": user, "item_id": item, "type": kind, "ts": 1_300_000_000 + n}
+    return user.encode(), json.dumps(body).encode()
+
+
+def admit_all(pipeline: Pipeline, states: dict, messages: list[tuple[bytes, bytes]]) -> list[Admitted]:
+    admitted = [pipeline.admit(key, value, states, arrived=0.0, now=100.0) for key, value in messages]
+    assert not any(isinstance(a, Rejection) for a in admitted)
+    return admitted  # type: ignore[return-value]
+
+
+def test_personalized_filters_exclusions_and_marks_repeats() -> None:
+    state = UserState.from_json(
+        {
+            "events": [["e1", "a", "view", 1.0]],
+            "cart": ["c"],
+            "purchased": ["p"],
+            "last_event_ts": 1.0,
+            "updated_at": 0.0,
+            "sessions": 1,
+        }
+    )
+    items = personalized([("p", 0.9), ("a", 0.8), ("c", 0.7), ("x", 0.6), ("y", 0.5)], state, k=2)
+    assert [(i.item_id, i.reasons[0]["code"]) for i in items] == [("a", "repeat"), ("x", "personalized")]
+
+
+def test_popular_prefers_the_first_source_and_skips_excluded() -> None:
+    items = popular([[("a", 5.0), ("b", 4.0)], [("b", 0.3), ("c", 0.2), ("d", 0.1)]], frozenset({"a"}), k=3)
+    assert [(i.item_id, i.score) for i in items] == [("b", 4.0), ("c", 0.2), ("d", 0.1)]
+    assert all(i.reasons == ({"code": "popular"},) for i in items)
+
+
+def test_message_matches_the_schema() -> None:
+    answer = Answer((ScoredItem("a", 0.5, ({"code": "personalized"},)),))
+    event = ClickEvent("e1", "u1", "a", "view", 1.0)
+    body = json.loads(recommendation_message(event, "v1", answer, datetime.now(UTC), 1.25))
+    jsonschema.validate(body, load_schema("recommendation"))
+    assert (body["event_id"], body["model_version"], body["bundles"]) == ("e1", "v1", [])
+
+
+def test_later_answers_reflect_earlier_events(recommender: Recommender) -> None:
+    pipeline = Pipeline(StreamSettings(top_k=10))
+    states: dict[bytes, dict] = {}
+    items = recommender.vocab.item_ids
+    first = admit_all(pipeline, states, [message(1, "u1", items[0])])
+    later = admit_all(pipeline, states, [message(2, "u1", items[1]), message(3, "u1", items[2], "purchase")])
+    assert later[-1].state.history == (items[0], items[1], items[2])
+    before = recommender.encode([first[0].state.history])
+    after = recommender.encode([later[-1].state.history], [later[-1].state.history_types])
+    assert not np.allclose(before, after)
+
+    answers = pipeline.answer(recommender, [*first, *later], now=100.0)
+    assert [len(a.items) for a in answers] == [10, 10, 10]
+    assert answers[0].items != answers[2].items
+    assert items[2] not in {i.item_id for i in answers[2].items}  # purchased: never recommended again
+    assert all(i.reasons[0]["code"] in ("personalized", "repeat") for a in answers for i in a.items)
+
+
+def test_purchased_items_are_excluded_even_when_the_model_ranks_them_first(recommender: Recommender) -> None:
+    pipeline = Pipeline(StreamSettings(top_k=5))
+    item = recommender.vocab.item_ids[3]
+    unrestricted = recommender.recommend([item], k=5)
+    favourite = unrestricted[0][0]
+    admitted = admit_all(pipeline, {}, [message(1, "u1", item), message(2, "u1", favourite, "purchase")])
+    answer = pipeline.answer(recommender, admitted[-1:], now=100.0)[0]
+    assert favourite not in {i.item_id for i in answer.items} and len(answer.items) == 5
+
+
+def test_cold_users_get_stream_popularity_then_training_popularity(recommender: Recommender) -> None:
+    pipeline = Pipeline(StreamSettings(top_k=5))
+    states: dict[bytes, dict] = {}
+    trending = recommender.vocab.item_ids[-1]  # rare in training, hot in the stream
+    admit_all(pipeline, states, [message(n, f"warm{n}", trending, "purchase") for n in range(3)])
+    cold = admit_all(pipeline, states, [message(10, "newcomer", "never-seen-item")])
+    answer = pipeline.answer(recommender, cold, now=100.0)[0]
+    assert answer.items[0].item_id == trending
+    assert len(answer.items) == 5
+    assert {i.item_id for i in answer.items[1:]} <= {item for item, _ in recommender.popular(6)}
+    assert all(i.reasons == ({"code": "popular"},) for i in answer.items)
+
+
+def test_redelivered_event_is_answered_again_without_changing_state(recommender: Recommender) -> None:
+    pipeline = Pipeline(StreamSettings())
+    states: dict[bytes, dict] = {}
+    item = recommender.vocab.item_ids[0]
+    first = admit_all(pipeline, states, [message(1, "u1", item)])[0]
+    again = admit_all(pipeline, states, [message(1, "u1", item)])[0]
+    assert again.event.event_id == first.event.event_id and again.state == first.state
