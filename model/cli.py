@@ -43,14 +43,18 @@ DATA = typer.Option(
 def train(
     dataset: DatasetChoice = DATASET,
     data: Path | None = DATA,
-    out: Path = typer.Option(..., "--out", "-o", help="Artifact root; each run adds a new version inside it."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Artifact root; each run adds a new version inside it."
+    ),
     epochs: int = typer.Option(TrainConfig.epochs, help="Most epochs; early stopping usually ends sooner."),
     batch_size: int = typer.Option(TrainConfig.batch_size, help="Sessions per step."),
     lr: float = typer.Option(TrainConfig.lr, help="AdamW learning rate."),
     negatives: int = typer.Option(
         TrainConfig.negatives, help="Shared uniform negatives per step (sampled softmax); 0 = full softmax."
     ),
-    patience: int = typer.Option(TrainConfig.patience, help="Epochs without validation gain before stopping."),
+    patience: int = typer.Option(
+        TrainConfig.patience, help="Epochs without validation gain before stopping."
+    ),
     dim: int = typer.Option(SASRecConfig.dim, help="Embedding size."),
     layers: int = typer.Option(SASRecConfig.n_layers, help="Attention blocks."),
     heads: int = typer.Option(SASRecConfig.n_heads, help="Attention heads per block."),
@@ -59,14 +63,22 @@ def train(
     seed: int = typer.Option(TrainConfig.seed, help="Random seed (data order, init, negatives)."),
     device: str = typer.Option(TrainConfig.device, help="auto | cpu | cuda."),
 ) -> None:
-    """Train the SASRec session model and publish a new artifact version (weights, embeddings, FAISS index)."""
+    """Train the SASRec session model; publish a new artifact version (weights, embeddings, FAISS index)."""
     ds = load_dataset(dataset.value, data)
-    console.print(f"[bold]{ds.name}[/]: {len(ds.train):,} training sessions, {len(ds.valid):,} validation cases")
+    console.print(
+        f"[bold]{ds.name}[/]: {len(ds.train):,} training sessions, {len(ds.valid):,} validation cases"
+    )
     model_config = SASRecConfig(
         n_items=0, max_len=max_len, dim=dim, n_layers=layers, n_heads=heads, dropout=dropout
     )
     config = TrainConfig(
-        epochs=epochs, batch_size=batch_size, lr=lr, negatives=negatives, patience=patience, seed=seed, device=device
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        negatives=negatives,
+        patience=patience,
+        seed=seed,
+        device=device,
     )
     version_dir = train_artifact(ds, out, model_config, config)
     console.print(f"published [bold]{version_dir}[/]")
@@ -98,7 +110,11 @@ def evaluate_command(
     cases = ds.test if split is Split.test else ds.valid
     results = evaluate(scorers, ds.train, cases, vocab)
     if as_json:
-        print(json.dumps({"dataset": ds.name, "split": split.value, "results": results_to_json(results)}, indent=2))
+        print(
+            json.dumps(
+                {"dataset": ds.name, "split": split.value, "results": results_to_json(results)}, indent=2
+            )
+        )
     else:
         Console().print(format_table(results))
 

@@ -17,6 +17,8 @@ import torch
 
 from index.faiss_index import ItemIndex
 from model.artifacts import CONFIG, new_version, resolve_version
+from model.bundles import ExplainedBundle, bundles_batch
+from model.complement.model import ComplementModel
 from model.data import Case, Dataset, Session
 from model.sasrec.model import SASRec, SASRecConfig
 from model.sasrec.train import encode_history, session_vectors
@@ -49,6 +51,8 @@ def write_artifact(
         if dataset.catalog is not None:
             dataset.catalog.to_parquet(scratch / "catalog.parquet", index=False)
         ItemIndex.build(item_vectors).save(scratch / "index")
+        if dataset.baskets:
+            ComplementModel.fit(dataset.baskets, dataset.catalog).save(scratch / "complement")
     return resolve_version(out_root)
 
 
@@ -64,6 +68,7 @@ class Recommender:
         index: ItemIndex,
         popularity: np.ndarray,
         catalog: pd.DataFrame | None,
+        complements: ComplementModel | None = None,
     ) -> None:
         self.version = version_dir.name
         self.version_dir = version_dir
@@ -73,6 +78,7 @@ class Recommender:
         self.index = index
         self.popularity = popularity
         self.catalog = catalog
+        self.complements = complements
         self._device = next(model.parameters()).device
         self._by_popularity = np.argsort(-popularity, kind="stable")
 
@@ -98,10 +104,13 @@ class Recommender:
             index=ItemIndex.load(version_dir / "index"),
             popularity=np.load(version_dir / "popularity.npy"),
             catalog=pd.read_parquet(catalog_path) if catalog_path.is_file() else None,
+            complements=ComplementModel.load(version_dir / "complement")
+            if ComplementModel.exists(version_dir / "complement")
+            else None,
         )
 
     def known(self, history: Sequence[str]) -> bool:
-        """Whether any item of the history is known to the model (otherwise answers fall back to popularity)."""
+        """Whether any item of the history is known to the model (else answers fall back to popularity)."""
         return any(item in self.vocab for item in history)
 
     def encode(
@@ -164,9 +173,27 @@ class Recommender:
         """Top-k items for one history (item ids oldest first); unknown ids are ignored."""
         return self.recommend_batch([history], [types] if types is not None else None, k, [exclude])[0]
 
+    def complete(self, items: Sequence[str], k: int = 10) -> list[Recommendation]:
+        """Items that best complete a basket holding `items` (the complement model; see model/complement)."""
+        if self.complements is None:
+            raise ValueError(f"artifact {self.version} has no complement model (trained without baskets)")
+        return self.complements.complete(items, k)
+
+    def bundles(
+        self,
+        history: Sequence[str],
+        cart: Sequence[str] = (),
+        n: int = 3,
+        size: int = 3,
+        budget: float | None = None,
+        exclude: Collection[str] = (),
+    ) -> list[ExplainedBundle]:
+        """Up to n explained bundles of `size` items for one user (see model/bundles.py)."""
+        return bundles_batch(self, [history], None, [cart], [exclude], n=n, size=size, budget=budget)[0]
+
 
 class RecommenderScorer:
-    """A trained artifact as a full-ranking `Scorer` over the harness's vocabulary (wrap it in `Prefitted`)."""
+    """A trained artifact as a full-ranking `Scorer` over the harness vocabulary (wrap in `Prefitted`)."""
 
     name = "SASRec (bundlecast)"
 

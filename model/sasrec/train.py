@@ -36,6 +36,7 @@ class TrainConfig:
     max_valid_cases: int = 20_000  # validation is a deterministic sample when larger, to keep epochs cheap
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # CPU threads for torch; 0 keeps torch's default (one per core)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -54,7 +55,7 @@ def set_seed(seed: int) -> None:
 def encode_history(
     items: Sequence[str], types: Sequence[str] | None, vocab: ItemVocab
 ) -> tuple[list[int], list[int]]:
-    """Model inputs for a history: known items shifted by one (0 = padding) and type ids; unknown ids dropped."""
+    """Model inputs: known items shifted by one (0 = padding) and their type ids; unknown ids dropped."""
     types = types if types is not None else ("view",) * len(items)
     pairs = [
         (vocab.get(item), TYPE_IDS.get(kind, TYPE_IDS["view"]))
@@ -81,15 +82,16 @@ def training_windows(
 def left_pad(rows: Sequence[Sequence[int]], length: int, fill: int) -> torch.Tensor:
     out = torch.full((len(rows), length), fill, dtype=torch.long)
     for i, row in enumerate(rows):
-        if row:
-            out[i, length - len(row) :] = torch.as_tensor(row[-length:], dtype=torch.long)
+        kept = row[-length:]
+        if kept:
+            out[i, length - len(kept) :] = torch.as_tensor(kept, dtype=torch.long)
     return out
 
 
 def history_batch(
     histories: Sequence[tuple[list[int], list[int]]], max_len: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded (items, types) tensors for encoded histories, truncated to the most recent max_len events."""
+    """Left-padded (items, types) tensors of encoded histories, cut to the latest max_len events."""
     length = max(1, min(max_len, max(len(items) for items, _ in histories)))
     return left_pad([h[0] for h in histories], length, PAD), left_pad([h[1] for h in histories], length, PAD)
 
@@ -162,6 +164,8 @@ def train(
 ) -> tuple[SASRec, dict[str, object]]:
     """Train with early stopping; return the best model on validation and the training history."""
     set_seed(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
     model = SASRec(model_config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)

@@ -1,0 +1,110 @@
+"""The Recommender API over a real trained artifact: loading, ids, fallbacks, exclusion, batching."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model import Recommender
+from model.artifacts import LATEST, new_version, resolve_version
+from model.data import Dataset
+from model.recommender import RecommenderScorer
+
+
+@pytest.fixture(scope="module")
+def rec(artifact_root: Path) -> Recommender:
+    return Recommender.load(artifact_root)
+
+
+@pytest.fixture(scope="module")
+def history(online_retail_sample: Dataset) -> list[str]:
+    return list(online_retail_sample.train[0].items[-5:])
+
+
+def test_load_resolves_latest_and_version_dir_alike(artifact_root: Path, rec: Recommender) -> None:
+    version_dir = resolve_version(artifact_root)
+    assert rec.version == version_dir.name
+    assert Recommender.load(version_dir).version == rec.version
+    assert rec.catalog is not None and {"item_id", "description", "price"} <= set(rec.catalog.columns)
+
+
+def test_recommend_returns_k_known_items_best_first(rec: Recommender, history: list[str]) -> None:
+    answer = rec.recommend(history, k=10)
+    assert len(answer) == 10
+    assert all(item in rec.vocab for item, _ in answer)
+    scores = [score for _, score in answer]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_scores_are_the_inner_product_of_session_and_item_vectors(
+    rec: Recommender, history: list[str]
+) -> None:
+    vector = rec.encode([history])[0]
+    for item, score in rec.recommend(history, k=5):
+        assert score == pytest.approx(float(vector @ rec.item_vectors[rec.vocab.get(item)]), abs=1e-5)
+
+
+def test_unknown_ids_are_ignored(rec: Recommender, history: list[str]) -> None:
+    noisy = ["NO-SUCH-ITEM", *history, "ANOTHER-UNKNOWN"]
+    assert rec.recommend(noisy, k=10) == rec.recommend(history, k=10)
+
+
+def test_empty_or_unknown_history_falls_back_to_popularity(rec: Recommender) -> None:
+    popular = rec.popular(10)
+    assert rec.recommend([], k=10) == popular
+    assert rec.recommend(["NO-SUCH-ITEM"], k=10) == popular
+    counts = [rec.popularity[rec.vocab.get(item)] for item, _ in popular]
+    assert counts == sorted(counts, reverse=True)
+
+
+def test_excluded_items_never_appear(rec: Recommender, history: list[str]) -> None:
+    top = [item for item, _ in rec.recommend(history, k=10)]
+    answer = rec.recommend(history, k=10, exclude=set(top[:5]))
+    assert len(answer) == 10
+    assert not {item for item, _ in answer} & set(top[:5])
+    assert not {item for item, _ in rec.recommend([], k=10, exclude=set(top))} & set(top)
+
+
+def test_session_items_can_be_recommended_again(rec: Recommender, online_retail_sample: Dataset) -> None:
+    """Repeat behaviour: nothing but an explicit exclusion removes the user's own items."""
+    histories = [list(session.items[-10:]) for session in online_retail_sample.train[:50]]
+    answers = rec.recommend_batch(histories, k=50)
+    assert any(
+        set(history) & {item for item, _ in answer}
+        for history, answer in zip(histories, answers, strict=True)
+    )
+
+
+def test_batch_equals_one_by_one(rec: Recommender, online_retail_sample: Dataset) -> None:
+    histories = [list(session.items[-8:]) for session in online_retail_sample.train[:6]] + [[]]
+    batched = rec.recommend_batch(histories, k=5)
+    for history, answer in zip(histories, batched, strict=True):
+        single = rec.recommend(history, k=5)
+        assert [item for item, _ in answer] == [item for item, _ in single]
+        np.testing.assert_allclose([s for _, s in answer], [s for _, s in single], rtol=1e-5)
+
+
+def test_scorer_ranks_the_harness_vocabulary(rec: Recommender, online_retail_sample: Dataset) -> None:
+    from model.vocab import ItemVocab
+
+    reordered = ItemVocab([*reversed(rec.vocab.item_ids), "UNSEEN-ITEM"])
+    scorer = RecommenderScorer(rec, reordered)
+    cases = online_retail_sample.valid[:4]
+    scores = scorer.score(cases)
+    assert scores.shape == (4, len(reordered))
+    assert np.isneginf(scores[:, -1]).all()
+    vectors = rec.encode([c.prefix for c in cases], [c.prefix_types for c in cases])
+    item = reordered.item_ids[0]
+    np.testing.assert_allclose(scores[:, 0], vectors @ rec.item_vectors[rec.vocab.get(item)], rtol=1e-5)
+
+
+def test_a_failed_write_never_becomes_latest(tmp_path: Path) -> None:
+    with new_version(tmp_path) as scratch:
+        (scratch / "config.json").write_text("{}")
+    published = (tmp_path / LATEST).read_text()
+    with pytest.raises(RuntimeError), new_version(tmp_path) as scratch:
+        raise RuntimeError("training crashed half way")
+    assert (tmp_path / LATEST).read_text() == published
+    assert resolve_version(tmp_path).name == published.strip()
