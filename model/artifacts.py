@@ -1,12 +1,14 @@
 """Versioned model artifacts: each training run writes a new version and marks it latest only when complete.
 
 Layout under an artifact root:
-    <root>/versions/<version>/   config.json, vocab.json, item_embeddings.npy, weights.pt, popularity.npy,
-                                 metrics.json, catalog.parquet (when known), index/ (FAISS), complement/ (when baskets)
+    <root>/versions/<version>/  config.json, vocab.json, item_embeddings.npy, weights.pt, popularity.npy,
+                                metrics.json, catalog.parquet (when known), index/ (FAISS),
+                                complement/ (when the data has baskets)
     <root>/LATEST               the name of the newest complete version
 
-A reader (the stream's hot reload, `Recommender.load`) therefore never sees a half-written version: the version
-directory is built under a temporary name, renamed into place, and only then is LATEST replaced atomically.
+A reader (the stream's hot reload, `Recommender.load`) therefore never sees a half-written version: the
+version directory is built under a temporary name, renamed into place, and only then is LATEST replaced
+atomically.
 """
 
 from __future__ import annotations
