@@ -4,17 +4,17 @@ A bundle of "PINK RETROSPOT CAKE CASES" and "RED RETROSPOT CAKE CASES" is one pr
 substitute, not a complement. Two items are near-duplicates when
 
 - their stock codes share a base (online-retail codes 85123A and 85123B are variants of product 85123), or
-- they have the same *product type* (the description's noun phrase) and most of their content words in common,
-  content words being what is left once colours, sizes, counts and filler words are removed ("JUMBO BAG RED
-  RETROSPOT" and "JUMBO BAG PINK POLKADOT" are both a "JUMBO BAG", and share half their content words). The
-  overlap keeps apart items of one design range that the type heuristic below mistakes for one type
-  ("LUNCH BAG DOLLY GIRL" and "DOLLY GIRL CHILDRENS CUP"), and a range is what a bundle should be made of.
+- at least half of their content words are shared (Jaccard), content words being what is left once colours,
+  sizes, counts and filler words are removed: "RED RETROSPOT CAKE CASES" and "PINK RETROSPOT CAKE CASES" share
+  all, "JUMBO BAG RED RETROSPOT" and "JUMBO BAG PINK POLKADOT" half, while two products of one design range
+  ("DOLLY GIRL LUNCH BOX", "DOLLY GIRL CHILDRENS CUP") share a third and stay apart: a range is what a bundle
+  should be made of.
 
-The product type is the leading or trailing pair of content words, whichever the catalogue uses more often
-in that position: catalogue descriptions put the noun either first ("JUMBO BAG <design>", "LUNCH BAG
-<design>") or last ("<design> CAKE CASES", "<design> T-LIGHT HOLDER"), and a phrase that many descriptions
-share in one position is the product, the rest is the design. A product's *kind* is coarser: the head
-noun of its type, singular ("BAG", "CASE", "HOLDER"), so that a bundle can ask for more than one kind.
+An item's product type (its noun phrase) is the leading or trailing pair of content words, whichever the
+catalogue uses more often in that position: descriptions put the noun either first ("JUMBO BAG <design>")
+or last ("<design> CAKE CASES", "<design> T-LIGHT HOLDER"), and a phrase that many descriptions share in one
+position is the product, the rest is the design. Its *kind* is the head noun of the type, singular ("BAG",
+"CASE", "HOLDER"), so that a bundle can ask for more than one kind of product.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ FILLER = frozenset(
 _TOKEN = re.compile(r"[A-Z0-9][A-Z0-9'/&.-]*")
 _COUNT = re.compile(r"^(?:\d+|S/\d+|\d+[A-Z]{0,2})$")  # "12", "S/3", "3PC"
 _BASE_CODE = re.compile(r"^(\d{4,})[A-Z]{0,3}$")
-MIN_SHARED_CONTENT = 0.5  # Jaccard overlap of content words for two items of one type to be near-duplicates
+MIN_SHARED_CONTENT = 0.5  # Jaccard overlap of content words at which two items are near-duplicates
 
 
 def description_tokens(description: str) -> list[str]:
@@ -164,11 +164,9 @@ class ProductKinds:
     def are_near_duplicates(self, a: str, b: str) -> bool:
         if a == b or base_code(a) == base_code(b):
             return True
-        type_a, type_b = self.product_types.get(a), self.product_types.get(b)
-        if not type_a or type_a != type_b:
-            return False
-        words_a, words_b = self.content[a], self.content[b]
-        return len(words_a & words_b) >= MIN_SHARED_CONTENT * len(words_a | words_b)
+        words_a, words_b = self.content.get(a, frozenset()), self.content.get(b, frozenset())
+        shared = len(words_a & words_b)
+        return shared > 0 and shared >= MIN_SHARED_CONTENT * len(words_a | words_b)
 
     def conflicts(self, candidate: str, chosen: Iterable[str]) -> bool:
         """Whether `candidate` is a near-duplicate of any item already chosen."""

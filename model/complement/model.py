@@ -163,7 +163,7 @@ class ComplementModel:
             evidence = np.diff(matrix.tocsc().indptr).astype(np.float32)
             weight = evidence / np.maximum(evidence + config.prior_strength, 1e-12)
             own = sp.diags(weight) @ own + sp.diags(1.0 - weight) @ neighbour_rows
-        scores = top_per_row(own.tocsr(), config.neighbours)
+        scores = top_per_row(own.tocsr(), config.neighbours).astype(np.float32)
         return cls(vocab, scores, matrix.tocsc(), counts.astype(np.float32), config)
 
     def complete(self, items: Sequence[str], k: int = 10) -> list[tuple[str, float]]:

@@ -1,0 +1,181 @@
+"""`bundlecast bundles evaluate`: basket completion, bundle quality and explanation faithfulness, one run."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+from tqdm import tqdm
+
+from model.bundles import assemble, bundles_batch
+from model.complement.evaluate import (
+    CompletionResult,
+    CoPurchaseCompleter,
+    PopularityCompleter,
+    completion_cases,
+    evaluate_completion,
+)
+from model.complement.model import ComplementModel
+from model.data import default_data_path, load_online_retail
+from model.explain import leave_one_out
+from model.neardup import ProductKinds
+from model.recommender import Recommender
+
+app = typer.Typer(help="Complementary products and bundles.", no_args_is_help=True)
+
+
+@app.callback()
+def bundles() -> None:
+    """Complementary products and bundles: evaluation against popularity and co-purchase counts."""
+
+
+VALID_FRACTION = 0.12  # the latest training baskets (about the last 4 training weeks) are the validation set
+
+
+class Split(StrEnum):
+    valid = "valid"
+    test = "test"
+
+
+@dataclass(frozen=True)
+class BundleQuality:
+    bundles: int
+    near_duplicate_share: float
+    mean_kinds: float
+    mean_size: float
+    coverage: float
+
+
+def bundle_quality(bundles: list[tuple[str, ...]], kinds: ProductKinds, catalogue_size: int) -> BundleQuality:
+    if not bundles:
+        return BundleQuality(0, 0.0, 0.0, 0.0, 0.0)
+    return BundleQuality(
+        bundles=len(bundles),
+        near_duplicate_share=float(np.mean([bool(kinds.near_duplicate_pairs(b)) for b in bundles])),
+        mean_kinds=float(np.mean([len({kinds.kind(i) for i in b}) for b in bundles])),
+        mean_size=float(np.mean([len(b) for b in bundles])),
+        coverage=len({i for b in bundles for i in b}) / max(catalogue_size, 1),
+    )
+
+
+@app.command()
+def evaluate(
+    data: Annotated[
+        Path | None, typer.Option(help="Online Retail CSV(.gz); default: the shared data directory")
+    ] = None,
+    split: Annotated[
+        Split,
+        typer.Option(help="valid: fit on older training baskets, score the latest; test: the test weeks"),
+    ] = Split.test,
+    model_dir: Annotated[
+        Path | None,
+        typer.Option("--model", help="Trained artifact for bundles and faithfulness (leave out to skip)"),
+    ] = None,
+    k: Annotated[int, typer.Option(help="Cut-off for Recall/Hit")] = 10,
+    max_cases: Annotated[int, typer.Option(help="Test cases for bundles and faithfulness")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the random session item in the faithfulness check")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout")] = False,
+) -> None:
+    """Basket completion (model vs popularity vs co-purchase counts), bundle quality and faithfulness."""
+    dataset = load_online_retail(data or default_data_path("online-retail"))
+    if split is Split.valid:
+        cut = len(dataset.baskets) - int(len(dataset.baskets) * VALID_FRACTION)
+        fit_baskets, held_out = dataset.baskets[:cut], dataset.baskets[cut:]
+    else:
+        fit_baskets, held_out = dataset.baskets, dataset.test_baskets
+    cases = completion_cases(held_out)
+    started = time.perf_counter()
+    complements = ComplementModel.fit(fit_baskets, dataset.catalog)
+    fit_seconds = time.perf_counter() - started
+    results: dict[str, CompletionResult] = {
+        "popularity": evaluate_completion(PopularityCompleter(fit_baskets), cases, k, "popularity"),
+        "co-purchase counts": evaluate_completion(CoPurchaseCompleter(fit_baskets), cases, k, "co-purchase"),
+        "complement model": evaluate_completion(complements, cases, k, "complement"),
+    }
+    kinds = ProductKinds.from_catalog(dataset.catalog)
+    catalogue_size = 0 if dataset.catalog is None else len(dataset.catalog)
+    report: dict[str, object] = {
+        "split": split.value,
+        "k": k,
+        "fit_seconds": round(fit_seconds, 2),
+        "completion": {name: asdict(result) for name, result in results.items()},
+        "recall_ratio_vs_copurchase": results["complement model"].recall
+        / max(results["co-purchase counts"].recall, 1e-12),
+    }
+    anchors_only = [
+        assembled.items
+        for anchor, _ in cases[:max_cases]
+        for assembled in assemble([anchor], complements, kinds, lambda _: 0.0, {}, n=1, size=3)
+    ]
+    report["bundles_from_anchor"] = asdict(bundle_quality(anchors_only, kinds, catalogue_size))
+    if model_dir is not None:
+        rec = Recommender.load(model_dir)
+        test_cases = dataset.test[:max_cases]
+        histories = [list(case.prefix) for case in test_cases]
+        types = [list(case.prefix_types) for case in test_cases]
+        served = [
+            tuple(bundle.items)
+            for start in tqdm(range(0, len(histories), 64), desc="bundles", disable=None, leave=False)
+            for user in bundles_batch(
+                rec, histories[start : start + 64], types[start : start + 64], n=3, size=3
+            )
+            for bundle in user
+        ]
+        report["bundles_for_users"] = asdict(bundle_quality(served, kinds, catalogue_size))
+        report["faithfulness"] = faithfulness(rec, histories, types, seed)
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report)
+
+
+def faithfulness(
+    rec: Recommender, histories: list[list[str]], types: list[list[str]], seed: int
+) -> dict[str, float | int]:
+    """Share of cases where leaving out the strongest named event lowers the top item's score more than
+    leaving out a random other event of the attributed window (strictly more: ties count as failures)."""
+    rng = random.Random(seed)
+    usable = [i for i, h in enumerate(histories) if len({x for x in h if x in rec.vocab}) >= 2]
+    wins, total = 0, 0
+    for start in tqdm(range(0, len(usable), 64), desc="faithfulness", disable=None, leave=False):
+        rows = usable[start : start + 64]
+        batch_histories = [histories[i] for i in rows]
+        batch_types = [types[i] for i in rows]
+        top = [answer[0][0] for answer in rec.recommend_batch(batch_histories, batch_types, k=1)]
+        drops = leave_one_out(rec, batch_histories, batch_types, [[item] for item in top])
+        for (item_drops,) in drops:
+            if len(item_drops) < 2:
+                continue
+            strongest = item_drops[0]
+            random_other = rng.choice(item_drops[1:])
+            wins += strongest[1] > random_other[1]
+            total += 1
+    return {"cases": total, "strongest_beats_random": wins / max(total, 1)}
+
+
+def print_report(report: dict[str, object]) -> None:
+    out = Console()
+    table = Table(title=f"Basket completion ({report['split']}), anchor = first line, k = {report['k']}")
+    for column in ("method", "Recall", "Hit", "baskets"):
+        table.add_column(column)
+    completion = report["completion"]
+    assert isinstance(completion, dict)
+    for name, result in completion.items():
+        table.add_row(name, f"{result['recall']:.4f}", f"{result['hit']:.4f}", str(result["baskets"]))
+    out.print(table)
+    out.print(
+        f"Recall ratio vs co-purchase counts: {report['recall_ratio_vs_copurchase']:.3f}; "
+        f"fit {report['fit_seconds']} s"
+    )
+    for key in ("bundles_from_anchor", "bundles_for_users", "faithfulness"):
+        if key in report:
+            out.print(f"{key}: {report[key]}")

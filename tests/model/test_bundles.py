@@ -1,0 +1,136 @@
+"""Bundle assembly: constraints (budget, purchased items, near-duplicates, size, kinds) and determinism."""
+
+from __future__ import annotations
+
+from itertools import combinations
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from model.bundles import assemble
+from model.complement.model import ComplementModel
+from model.neardup import ProductKinds
+from model.recommender import Recommender
+
+CATALOG = pd.DataFrame(
+    {
+        "item_id": ["cup", "saucer", "pot", "cup-pink", "spoon", "cake", "tray"],
+        "description": [
+            "RED REGENCY TEACUP",
+            "REGENCY SAUCER",
+            "REGENCY TEAPOT",
+            "PINK REGENCY TEACUP",
+            "SILVER TEA SPOON",
+            "VICTORIA SPONGE CAKE STAND",
+            "WOODEN TRAY",
+        ],
+        "price": [3.0, 2.0, 12.0, 3.0, 1.0, 8.0, 5.0],
+    }
+)
+BASKETS = [
+    ("cup", "saucer", "pot", "cup-pink"),
+    ("cup", "saucer", "spoon", "cup-pink"),
+    ("cup", "pot", "cake"),
+    ("cup", "cup-pink", "saucer"),
+    ("cup", "spoon", "tray"),
+    ("saucer", "pot", "spoon"),
+    ("cake", "tray"),
+]
+PRICES = dict(zip(CATALOG["item_id"], CATALOG["price"], strict=True))
+
+
+@pytest.fixture(scope="module")
+def complements() -> ComplementModel:
+    return ComplementModel.fit(BASKETS, CATALOG)
+
+
+@pytest.fixture(scope="module")
+def kinds() -> ProductKinds:
+    return ProductKinds.from_catalog(CATALOG)
+
+
+def no_relevance(_: str) -> float:
+    return 0.0
+
+
+def test_bundle_has_anchor_size_and_no_near_duplicates(
+    complements: ComplementModel, kinds: ProductKinds
+) -> None:
+    (bundle,) = assemble(["cup"], complements, kinds, no_relevance, PRICES, n=1, size=3)
+    assert bundle.items[0] == "cup" and len(bundle.items) == 3 == len(set(bundle.items))
+    assert "cup-pink" not in bundle.items  # the same teacup in pink is a substitute, however often co-bought
+    assert not kinds.near_duplicate_pairs(bundle.items)
+    assert len({kinds.kind(item) for item in bundle.items}) >= 2
+
+
+def test_budget_and_purchased_items_are_respected(complements: ComplementModel, kinds: ProductKinds) -> None:
+    bundles = assemble(
+        ["cup", "saucer"],
+        complements,
+        kinds,
+        no_relevance,
+        PRICES,
+        n=2,
+        size=3,
+        budget=7.0,
+        exclude={"spoon"},
+    )
+    assert bundles
+    for bundle in bundles:
+        assert sum(PRICES[item] for item in bundle.items) <= 7.0
+        assert "spoon" not in bundle.items
+
+
+def test_purchased_anchor_is_context_not_member(complements: ComplementModel, kinds: ProductKinds) -> None:
+    (bundle,) = assemble(["cup"], complements, kinds, no_relevance, PRICES, n=1, size=2, exclude={"cup"})
+    assert "cup" not in bundle.items and len(bundle.items) == 2
+
+
+def test_catalogue_constraint_and_sizes(complements: ComplementModel, kinds: ProductKinds) -> None:
+    for size in (2, 3, 4):
+        for bundle in assemble(["cup", "pot"], complements, kinds, no_relevance, PRICES, n=2, size=size):
+            assert 2 <= len(bundle.items) <= size
+    only = {"cup", "saucer"}
+    (bundle,) = assemble(["cup"], complements, kinds, no_relevance, PRICES, n=1, size=3, catalogue=only)
+    assert set(bundle.items) <= only
+    with pytest.raises(ValueError, match="size"):
+        assemble(["cup"], complements, kinds, no_relevance, PRICES, size=5)
+
+
+def test_relevance_steers_the_choice(complements: ComplementModel, kinds: ProductKinds) -> None:
+    plain = assemble(["cup"], complements, kinds, no_relevance, PRICES, n=1, size=2)[0]
+    other = next(item for item in ("saucer", "pot", "spoon", "cake", "tray") if item not in plain.items)
+    steered = assemble(["cup"], complements, kinds, lambda item: 10.0 * (item == other), PRICES, n=1, size=2)[
+        0
+    ]
+    assert steered.items == ("cup", other)
+
+
+def test_assembly_is_deterministic(complements: ComplementModel, kinds: ProductKinds) -> None:
+    def run() -> list[tuple[str, ...]]:
+        return [
+            b.items for b in assemble(["pot", "cup", "cake"], complements, kinds, no_relevance, PRICES, n=3)
+        ]
+
+    assert run() == run()
+
+
+def test_recommender_bundles_are_explained_and_constrained(artifact_root: Path) -> None:
+    rec = Recommender.load(artifact_root)
+    assert rec.complements is not None
+    kinds = ProductKinds.from_catalog(rec.catalog)
+    catalogue = set(rec.catalog["item_id"])
+    history = [item for item, _ in rec.popular(4)]
+    purchased = {history[0]}
+    bundles = rec.bundles(history, cart=[history[1]], n=3, size=3, exclude=purchased)
+    assert bundles and bundles == rec.bundles(history, cart=[history[1]], n=3, size=3, exclude=purchased)
+    assert bundles[0].anchor == history[1]  # the cart comes first
+    for bundle in bundles:
+        assert 2 <= len(bundle.items) <= 3 and set(bundle.items) <= catalogue
+        assert not purchased & set(bundle.items)
+        assert not any(kinds.are_near_duplicates(a, b) for a, b in combinations(bundle.items, 2))
+        assert bundle.reasons.code in {"complement", "cold_start"} and bundle.explanation
+        assert {e.item_id for e in bundle.reasons.evidence} == set(bundle.items) - {bundle.anchor}
+        assert all(e.pair_baskets >= 0 and e.lift >= 0 for e in bundle.reasons.evidence)
+    assert rec.bundles(["no-such-item"]) == []
