@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from stream.config import StreamSettings
 from tests.deploy.conftest import DEPLOY_DIR
 
 COMPOSE_FILE = DEPLOY_DIR / "docker-compose.yml"
@@ -24,6 +25,9 @@ WORKER_ENV = {
     "BUNDLECAST_STATE_DIR",
     "BUNDLECAST_METRICS_PORT",
 }
+
+
+SETTINGS_ENV = {f"BUNDLECAST_{name.upper()}" for name in StreamSettings.model_fields}
 
 
 def venv_tool(name: str) -> str:
@@ -65,6 +69,7 @@ def test_services_are_wired_together() -> None:
             assert dependency in services, f"{name} depends on unknown service {dependency}"
     worker = services["worker"]
     assert set(worker["environment"]) >= WORKER_ENV
+    assert set(worker["environment"]) <= SETTINGS_ENV, "the worker ignores env vars it has no setting for"
     assert worker["environment"]["BUNDLECAST_KAFKA_BOOTSTRAP"] == "kafka:9092"
     assert int(worker["deploy"]["replicas"]) >= 2
     mounts = {volume.split(":")[1] if ":" in volume else volume for volume in worker["volumes"]}

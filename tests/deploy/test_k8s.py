@@ -12,6 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from stream.config import StreamSettings
 from tests.deploy.conftest import DEPLOY_DIR
 
 K8S_DIR = DEPLOY_DIR / "k8s"
@@ -45,6 +46,11 @@ def test_validation_rejects_a_misspelled_field() -> None:
     statefulset["spec"]["template"]["spec"]["containers"][0]["volumeMount"] = []
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(statefulset, KUBERNETES_VERSION, strict=True)
+
+
+def test_configmap_sets_only_worker_settings() -> None:
+    settings_env = {f"BUNDLECAST_{name.upper()}" for name in StreamSettings.model_fields}
+    assert set(base_resources()["ConfigMap"]["data"]) <= settings_env
 
 
 def test_workers_keep_state_on_their_own_volumes_and_mount_the_model_read_only() -> None:
