@@ -118,11 +118,15 @@ class SASRec(nn.Module):
         types: torch.Tensor,
         targets: torch.Tensor,
         candidates: torch.Tensor | None = None,
+        log_q: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Softmax cross-entropy at every position with a target (targets: item index, -1 for none).
 
         With `candidates` (sorted unique item indices that include every target) the softmax runs over
-        those items only: sampled softmax, for catalogues too large for a full softmax per step.
+        those items only: sampled softmax, for catalogues too large for a full softmax per step. `log_q`
+        (log of each candidate's expected count in the sample) corrects the logits so that popular items,
+        which are sampled more often as in-batch targets, are not pushed down more than a full softmax
+        would (the logQ correction).
         """
         hidden = self.hidden(items, types)
         has_target = targets >= 0
@@ -130,5 +134,7 @@ class SASRec(nn.Module):
         target = targets[has_target]
         if candidates is None:
             return F.cross_entropy(session @ self.item_vectors().T, target)
-        item_vectors = F.normalize(self.item_emb(candidates + 1), dim=-1)
-        return F.cross_entropy(session @ item_vectors.T, torch.searchsorted(candidates, target))
+        logits = session @ F.normalize(self.item_emb(candidates + 1), dim=-1).T
+        if log_q is not None:
+            logits = logits - log_q
+        return F.cross_entropy(logits, torch.searchsorted(candidates, target))

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from model.data import EVENT_TYPES, Case, Dataset, Session
-from model.metrics import RankingAccumulator
+from model.metrics import UNKNOWN_TARGET, target_ranks
 from model.sasrec.model import PAD, SASRec, SASRecConfig
 from model.vocab import ItemVocab
 
@@ -33,7 +33,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     patience: int = 2  # epochs without validation MRR@20 improvement before stopping
     negatives: int = 4096  # shared uniform negatives per step (sampled softmax); 0 = full softmax
-    max_valid_cases: int = 20_000  # validation is a deterministic sample when larger, to keep epochs cheap
+    max_valid_cases: int = 10_000  # validation is a deterministic sample when larger, to keep epochs cheap
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default (one per core)
@@ -112,12 +112,19 @@ def training_batches(
         yield items, types, targets
 
 
-def candidates(targets: torch.Tensor, config: TrainConfig, n_items: int) -> torch.Tensor | None:
-    """Items the softmax runs over this step: the batch's targets plus shared uniform negatives."""
+def candidates(
+    targets: torch.Tensor, config: TrainConfig, item_share: torch.Tensor
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Items the softmax runs over this step (the batch's targets plus shared uniform negatives) and the
+    log of each one's expected count in that sample, for the logQ correction; (None, None) = full softmax."""
+    n_items = len(item_share)
     if not 0 < config.negatives < n_items:
-        return None
+        return None, None
+    real_targets = targets[targets >= 0]
     negatives = torch.randint(0, n_items, (config.negatives,), device=targets.device)
-    return torch.unique(torch.cat([targets[targets >= 0], negatives]))
+    picked = torch.unique(torch.cat([real_targets, negatives]))
+    expected = len(real_targets) * item_share[picked] + config.negatives / n_items
+    return picked, expected.log()
 
 
 @torch.no_grad()
@@ -144,14 +151,17 @@ def validate(
 ) -> dict[str, float]:
     """Full-ranking HR@20 / MRR@20 over all items; cases with unknown targets count as misses."""
     histories = [encode_history(c.prefix, c.prefix_types, vocab) for c in cases]
-    targets = np.array([vocab.get(c.target) if c.target in vocab else -1 for c in cases])
+    targets = np.array([UNKNOWN_TARGET if (i := vocab.get(c.target)) is None else i for c in cases])
     vectors = session_vectors(model, histories, device)
     items = model.item_vectors().cpu().numpy()
-    accumulator = RankingAccumulator(item_counts=np.ones(len(vocab)), ks=(20,))
-    for start in range(0, len(cases), 2048):
-        accumulator.update(vectors[start : start + 2048] @ items.T, targets[start : start + 2048])
-    summary = accumulator.result()
-    return {"hr@20": summary["HR@20"], "mrr@20": summary["MRR@20"]}
+    ranks = np.concatenate(
+        [
+            target_ranks(vectors[start : start + 2048] @ items.T, targets[start : start + 2048])
+            for start in range(0, len(cases), 2048)
+        ]
+    )
+    hit = ranks <= 20
+    return {"hr@20": float(hit.mean()), "mrr@20": float((hit / ranks).mean())}
 
 
 def train(
@@ -170,6 +180,11 @@ def train(
     model = SASRec(model_config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     windows = training_windows(train_sessions, vocab, model_config.max_len)
+    target_counts = torch.bincount(
+        torch.tensor([t - 1 for items, _ in windows for t in items[1:]], dtype=torch.long),
+        minlength=len(vocab),
+    )
+    item_share = (target_counts / target_counts.sum().clamp(min=1)).to(device)
     valid = list(valid_cases)
     if len(valid) > config.max_valid_cases:
         valid = random.Random(config.seed).sample(valid, config.max_valid_cases)
@@ -188,9 +203,8 @@ def train(
         )
         for items, types, targets in progress:
             targets = targets.to(device)
-            loss = model.loss(
-                items.to(device), types.to(device), targets, candidates(targets, config, len(vocab))
-            )
+            picked, log_q = candidates(targets, config, item_share)
+            loss = model.loss(items.to(device), types.to(device), targets, picked, log_q)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -95,13 +95,19 @@ def test_batches_hold_every_window_once_with_aligned_targets() -> None:
     assert sorted(len(p) for p in seen) == [1, 2, 3]
 
 
-def test_sampled_softmax_candidates_contain_every_target() -> None:
+def test_sampled_softmax_candidates_contain_every_target_with_their_log_q() -> None:
     targets = torch.tensor([[-1, 4, 9], [17, -1, 2]])
-    picked = candidates(targets, TrainConfig(negatives=5), n_items=100)
-    assert picked is not None
+    share = torch.full((100,), 0.01)
+    share[4] = 0.5
+    picked, log_q = candidates(targets, TrainConfig(negatives=5), share)
+    assert picked is not None and log_q is not None
     assert set(targets[targets >= 0].tolist()) <= set(picked.tolist())
     assert picked.tolist() == sorted(set(picked.tolist()))
-    assert candidates(targets, TrainConfig(negatives=0), n_items=100) is None
+    # Expected count in the sample: 4 targets drawn by share, 5 uniform negatives over 100 items.
+    expected = 4 * share[picked] + 5 / 100
+    torch.testing.assert_close(log_q, expected.log())
+    assert log_q[picked.tolist().index(4)] == log_q.max()
+    assert candidates(targets, TrainConfig(negatives=0), share) == (None, None)
 
 
 @pytest.mark.parametrize("negatives", [0, 8])
