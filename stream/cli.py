@@ -26,3 +26,7 @@ def worker(settings: StreamSettings, log_level: str = LOG_LEVEL) -> None:
     from stream.worker import run_worker
 
     run_worker(settings, log_level)
+
+
+if __name__ == "__main__":
+    app()

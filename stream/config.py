@@ -44,6 +44,12 @@ class StreamSettings(BaseSettings):
     kafka_session_timeout_s: float = Field(
         6.0, gt=0, description="Consumer group session timeout; a dead worker's partitions move after this."
     )
+    producer_max_batch_bytes: int = Field(
+        16384,
+        ge=1,
+        description="Most bytes per producer batch. 1 sends one record per batch, which state recovery on "
+        "Tansu needs: its ListOffsets reports a multi-record batch's end as base offset + 1.",
+    )
     app_id: str = Field(
         "bundlecast", description="Consumer group id and prefix of the state changelog topic."
     )

@@ -1,0 +1,267 @@
+"""The worker end to end on a real broker (Tansu) and real RocksDB, run as `bundlecast worker` processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import jsonschema
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from model.artifacts import LATEST, VERSIONS, resolve_version
+from stream.broker import EmbeddedBroker
+from stream.schemas import load_schema
+
+ANSWER_TIMEOUT_S = 90.0
+ConsumedRecords = dict[str, list[dict]]
+
+
+class Worker:
+    """A `bundlecast worker` subprocess against a broker, with its own state dir and log file."""
+
+    def __init__(
+        self, broker: EmbeddedBroker, model_dir: Path, state_dir: Path, log: Path, **settings: str
+    ) -> None:
+        env = (
+            os.environ
+            | {f"BUNDLECAST_{name.upper()}": value for name, value in settings.items()}
+            | {
+                "BUNDLECAST_KAFKA_BOOTSTRAP": broker.bootstrap,
+                "BUNDLECAST_MODEL_DIR": str(model_dir),
+                "BUNDLECAST_STATE_DIR": str(state_dir),
+                "BUNDLECAST_METRICS_PORT": "0",
+                "BUNDLECAST_PARTITIONS": "2",
+                "BUNDLECAST_BATCH_LINGER_MS": "20",
+                "BUNDLECAST_RELOAD_INTERVAL_S": "0.5",
+                "OMP_NUM_THREADS": "1",
+            }
+        )
+        self.log = log
+        command = [sys.executable, "-m", "stream.cli", "worker", "--log-level", "info"]
+        self.process = subprocess.Popen(command, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def workers(kafka_broker: EmbeddedBroker, tmp_path: Path) -> Iterator[list[Worker]]:
+    started: list[Worker] = []
+    yield started
+    for worker in started:
+        worker.stop(signal.SIGKILL)
+
+
+def event(n: int, user: str, item: str, kind: str = "view") -> tuple[bytes, bytes]:
+    body = {"event_id": f"e{n}", "user_id": user, "item_id": item, "type": kind, "ts": 1_300_000_000 + n}
+    return user.encode(), json.dumps(body).encode()
+
+
+async def produce(broker: EmbeddedBroker, records: list[tuple[bytes | None, bytes]], rate: float = 0) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send("clickstream", key=key, value=value)
+            if rate:
+                await asyncio.sleep(1 / rate)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def consume(
+    broker: EmbeddedBroker, done: Callable[[ConsumedRecords], bool], settle_s: float = 2.0
+) -> ConsumedRecords:
+    """Read the output and DLQ topics from the start until `done(records)` (or a timeout), then `settle_s`
+    longer so that anything extra (a duplicate) would be seen too."""
+    consumer = AIOKafkaConsumer(
+        "recommendations", "clickstream.dlq", bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest"
+    )
+    records: ConsumedRecords = {"recommendations": [], "clickstream.dlq": []}
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + ANSWER_TIMEOUT_S
+        settled: float | None = None
+        while time.monotonic() < (settled or deadline):
+            for tp, messages in (await consumer.getmany(timeout_ms=200)).items():
+                records[tp.topic].extend(json.loads(m.value) | {"_key": m.key} for m in messages)
+            if settled is None and done(records):
+                settled = time.monotonic() + settle_s
+    finally:
+        await consumer.stop()
+    return records
+
+
+def wait_until_answering(broker: EmbeddedBroker) -> None:
+    """Block until the worker has joined the group and answers (a warm-up event from a separate user)."""
+    asyncio.run(produce(broker, [event(-1, "warm-up-user", "warm-up-item")]))
+    asyncio.run(consume(broker, lambda r: "e-1" in answered(r), settle_s=0))
+
+
+def answered(records: ConsumedRecords) -> set[str]:
+    return {r["event_id"] for r in records["recommendations"]}
+
+
+def known_items(artifact_root: Path, n: int) -> list[str]:
+    return json.loads((resolve_version(artifact_root) / "vocab.json").read_text())[:n]
+
+
+MALFORMED: list[tuple[bytes | None, bytes, str]] = [
+    (b"m", b"\xff\xfe not utf-8", "not_utf8"),
+    (b"m", b"{broken", "not_json"),
+    (b"m", b'"just a string"', "not_an_object"),
+    (b"m", json.dumps({"event_id": "x1", "user_id": "m", "type": "view", "ts": 1}).encode(), "missing_field"),
+    (
+        b"m",
+        json.dumps({"event_id": 7, "user_id": "m", "item_id": "a", "type": "view", "ts": 1}).encode(),
+        "wrong_type",
+    ),
+    (
+        b"m",
+        json.dumps({"event_id": "x2", "user_id": "m", "item_id": "a", "type": "click", "ts": 1}).encode(),
+        "unknown_type",
+    ),
+    (
+        b"m",
+        json.dumps(
+            {"event_id": "x3", "user_id": "m", "item_id": "a" * 300, "type": "view", "ts": 1}
+        ).encode(),
+        "id_too_long",
+    ),
+    (
+        b"m",
+        json.dumps(
+            {"event_id": "x4", "user_id": "m", "item_id": "a", "type": "view", "ts": 1, "pad": "x" * 70_000}
+        ).encode(),
+        "too_large",
+    ),
+]
+
+
+def test_every_valid_event_is_answered_once_and_every_malformed_one_dead_lettered(
+    kafka_broker: EmbeddedBroker, artifact_root: Path, workers: list[Worker], tmp_path: Path
+) -> None:
+    items = known_items(artifact_root, 30)
+    users = [f"user{u}" for u in range(6)]
+    valid = [event(n, users[n % 6], items[n % 30] if n % 7 else f"unknown-{n}") for n in range(120)]
+    valid[-1] = event(119, "user5", items[1], "purchase")
+    records_in = [*valid[:60], *[(k, v) for k, v, _ in MALFORMED], *valid[60:]]
+    asyncio.run(produce(kafka_broker, records_in))
+    workers.append(Worker(kafka_broker, artifact_root, tmp_path / "state", tmp_path / "worker.log"))
+
+    records = asyncio.run(
+        consume(kafka_broker, lambda r: len(r["recommendations"]) >= 120 and len(r["clickstream.dlq"]) >= 8)
+    )
+
+    answers = records["recommendations"]
+    assert sorted(r["event_id"] for r in answers) == sorted(f"e{n}" for n in range(120))
+    schema = load_schema("recommendation")
+    for answer in answers:
+        key = answer.pop("_key")
+        jsonschema.validate(answer, schema)
+        assert key == answer["user_id"].encode() and answer["items"]
+    letters = records["clickstream.dlq"]
+    assert sorted(r["reason"] for r in letters) == sorted(reason for _, _, reason in MALFORMED)
+    for letter in letters:
+        letter.pop("_key")
+        jsonschema.validate(letter, load_schema("dlq"))
+
+    # State: the last event purchased items[1]; that answer must not offer it, the user's earlier ones could.
+    by_event = {r["event_id"]: r for r in answers}
+    assert items[1] not in {i["item_id"] for i in by_event["e119"]["items"]}
+    # A user whose history holds known items is answered by the model even for an unknown item.
+    assert by_event["e7"]["items"][0]["reasons"][0]["code"] in ("personalized", "repeat")
+    assert by_event["e0"]["items"] != by_event["e6"]["items"]  # same user, longer history, new answer
+
+
+def test_recovery_after_a_crash_and_onto_an_empty_state_dir(
+    kafka_broker: EmbeddedBroker, artifact_root: Path, workers: list[Worker], tmp_path: Path
+) -> None:
+    items = known_items(artifact_root, 40)
+    users = [f"user{u}" for u in range(4)]
+    history = [event(n, users[n % 4], items[n]) for n in range(20)]
+    purchases = [event(20 + u, user, items[30 + u], "purchase") for u, user in enumerate(users)]
+    asyncio.run(produce(kafka_broker, history + purchases))
+    state_dir = tmp_path / "state"
+    log = tmp_path / "worker.log"
+    one_record_batches = {"producer_max_batch_bytes": "1"}  # see StreamSettings.producer_max_batch_bytes
+    workers.append(Worker(kafka_broker, artifact_root, state_dir, log, **one_record_batches))
+    asyncio.run(consume(kafka_broker, lambda r: len(answered(r)) >= 24, settle_s=0))
+
+    # Crash (SIGKILL) while a second stream of events is being answered.
+    stream = [event(100 + n, users[n % 4], items[n % 20]) for n in range(150)]
+
+    async def crash_mid_stream() -> None:
+        producing = asyncio.create_task(produce(kafka_broker, stream, rate=150))
+        await consume(kafka_broker, lambda r: len(answered(r)) >= 24 + 30, settle_s=0)
+        workers[-1].stop(signal.SIGKILL)
+        await producing
+
+    asyncio.run(crash_mid_stream())
+    workers.append(Worker(kafka_broker, artifact_root, state_dir, log, **one_record_batches))
+    expected = {f"e{n}" for n in range(24)} | {f"e{100 + n}" for n in range(150)}
+    records = asyncio.run(consume(kafka_broker, lambda r: answered(r) >= expected, settle_s=0))
+    assert answered(records) == expected  # nothing unanswered, and nothing but these ids
+    workers[-1].stop()
+
+    # A new worker with an empty state dir restores the sessions from the changelog: an event for an
+    # unknown item is answered from the restored history, without the items bought before the crash.
+    workers.append(Worker(kafka_broker, artifact_root, tmp_path / "fresh-state", log, **one_record_batches))
+    probes = [event(500 + u, user, f"brand-new-{u}") for u, user in enumerate(users)]
+    asyncio.run(produce(kafka_broker, probes))
+    records = asyncio.run(
+        consume(kafka_broker, lambda r: answered(r) >= expected | {"e500", "e501", "e502", "e503"})
+    )
+    last = {r["event_id"]: r for r in records["recommendations"]}
+    for u in range(4):
+        answer = last[f"e{500 + u}"]
+        assert answer["items"][0]["reasons"][0]["code"] in ("personalized", "repeat"), answer
+        assert items[30 + u] not in {i["item_id"] for i in answer["items"]}
+
+
+def test_hot_reload_under_traffic_answers_every_event_once(
+    kafka_broker: EmbeddedBroker, artifact_root: Path, workers: list[Worker], tmp_path: Path
+) -> None:
+    model_dir = tmp_path / "models"
+    shutil.copytree(artifact_root, model_dir)
+    old = resolve_version(model_dir).name
+    items = known_items(model_dir, 50)
+    users = [f"user{u}" for u in range(5)]
+    workers.append(Worker(kafka_broker, model_dir, tmp_path / "state", tmp_path / "worker.log"))
+    wait_until_answering(kafka_broker)
+    traffic = [event(n, users[n % 5], items[n % 50]) for n in range(400)]
+    new = "99990101T000000Z-reload"
+
+    async def reload_under_traffic() -> ConsumedRecords:
+        producing = asyncio.create_task(produce(kafka_broker, traffic, rate=100))
+        await consume(kafka_broker, lambda r: len(r["recommendations"]) >= 150, settle_s=0)
+        # Publish a new version the way training does: complete directory first, then LATEST atomically.
+        shutil.copytree(model_dir / VERSIONS / old, model_dir / VERSIONS / new)
+        (model_dir / "LATEST.tmp").write_text(new + "\n")
+        os.replace(model_dir / "LATEST.tmp", model_dir / LATEST)
+        await producing
+        return await consume(kafka_broker, lambda r: len(r["recommendations"]) >= 401)
+
+    records = asyncio.run(reload_under_traffic())
+    answers = [r for r in records["recommendations"] if r["event_id"] != "e-1"]
+    assert sorted(r["event_id"] for r in answers) == sorted(f"e{n}" for n in range(400))  # once each
+    assert {r["model_version"] for r in answers} == {old, new}
+    for user in users:
+        versions = [
+            r["model_version"]
+            for r in sorted(answers, key=lambda r: int(r["event_id"][1:]))
+            if r["user_id"] == user
+        ]
+        assert versions == sorted(versions, key=lambda v: v == new), f"{user} went back to the old model"
