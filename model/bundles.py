@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from model.complement.model import ComplementModel
 from model.explain import Driver, Evidence, Reasons, describe, drivers_from, leave_one_out
 from model.neardup import ProductKinds
+from model.sasrec.encode import EncodedSessions
 
 if TYPE_CHECKING:
     from model.recommender import Recommender
@@ -201,11 +202,11 @@ def bundles_batch(
     all_types = [list(t) for t in types] if types is not None else [["view"] * len(h) for h in histories]
     carts = carts if carts is not None else [()] * len(histories)
     excludes = excludes if excludes is not None else [()] * len(histories)
-    vectors = rec.encode(histories, all_types)
-    candidates = rec.search(vectors, CANDIDATES_PER_ANCHOR, excludes)
+    sessions = rec.encode(histories, all_types)
+    candidates = rec.search(sessions, CANDIDATES_PER_ANCHOR, excludes)
     assembled: list[list[Assembled]] = []
-    for history, cart, excluded, vector, ranked in zip(
-        histories, carts, excludes, vectors, candidates, strict=True
+    for row, (history, cart, excluded, ranked) in enumerate(
+        zip(histories, carts, excludes, candidates, strict=True)
     ):
         known_cart = [item for item in reversed(cart) if item in rec.vocab]
         if not known_cart and not rec.known(history):
@@ -218,7 +219,7 @@ def bundles_batch(
                 anchors,
                 context.complements,
                 context.kinds,
-                _session_scores(rec, vector),
+                _session_scores(rec, sessions[row : row + 1]),
                 context.prices,
                 n=n,
                 size=size,
@@ -239,9 +240,9 @@ def bundles_batch(
     ]
 
 
-def _session_scores(rec: Recommender, vector: np.ndarray) -> Callable[[str], float]:
-    """This user's model score of an item (0 for items the session model does not know)."""
-    scores = rec.item_vectors @ vector
+def _session_scores(rec: Recommender, session: EncodedSessions) -> Callable[[str], float]:
+    """This user's full model score of an item (0 for items the session model does not know)."""
+    scores = session.scores(rec.item_vectors)[0]
 
     def score(item: str) -> float:
         row = rec.vocab.get(item)

@@ -62,6 +62,12 @@ def train(
     max_len: int = typer.Option(SASRecConfig.max_len, help="Most recent events the model reads."),
     seed: int = typer.Option(TrainConfig.seed, help="Random seed (data order, init, negatives)."),
     device: str = typer.Option(TrainConfig.device, help="auto | cpu | cuda."),
+    threads: int = typer.Option(TrainConfig.threads, help="CPU threads for torch (0 = one per core)."),
+    refit: bool = typer.Option(
+        True,
+        help="After validation picks the epoch count, train again on training + validation data "
+        "and publish that model (what `evaluate --split test` expects).",
+    ),
 ) -> None:
     """Train the SASRec session model; publish a new artifact version (weights, embeddings, FAISS index)."""
     ds = load_dataset(dataset.value, data)
@@ -93,13 +99,20 @@ def evaluate_command(
     split: Split = typer.Option(Split.test, help="Cases to report on (tune on valid, report test)."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON to stdout."),
 ) -> None:
-    """Full-ranking evaluation (no sampled negatives) of the baselines and the model, side by side."""
-    ds = load_dataset(dataset.value, data)
+    """Full-ranking evaluation (no sampled negatives) of the baselines and the model, side by side.
+
+    On `--split test` every method is fit on all training data (validation folded in), as `train --refit`
+    does for the model; on `--split valid` on the training part only, and a refit model is refused there
+    because it has seen the validation sessions.
+    """
+    ds = load_dataset(dataset.value, data, holdout_validation=split is Split.valid)
     vocab = ItemVocab.from_sequences(session.items for session in ds.train)
     scorers: list[Scorer] = [Popularity(), SequentialRules(), SessionKNN()]
     if model is not None:
         recommender = Recommender.load(model)
         report = json.loads((recommender.version_dir / "metrics.json").read_text())
+        if split is Split.valid and "refit" in report:
+            raise typer.BadParameter("this model was refit on the validation data; train it with --no-refit")
         scorers.append(
             Prefitted(
                 RecommenderScorer(recommender, vocab),

@@ -266,7 +266,8 @@ def _purchase_cases(
     [bounds[i], bounds[i + 1])."""
     ordered = customers.sort_values(["customer_id", "ts", "invoice"], kind="stable")
     # -1 marks lines outside every period: they only feed the history.
-    period_of = pd.cut(ordered["ts"], bins=list(bounds), right=False, labels=False).fillna(-1).astype(int)
+    period_of = pd.Series(np.searchsorted(np.array(bounds), ordered["ts"].to_numpy(), side="right") - 1)
+    period_of[period_of >= len(bounds) - 1] = -1  # an empty period (equal bounds) receives nothing
     columns = (ordered["customer_id"], ordered["invoice"], ordered["item_id"], period_of)
     rows = zip(*(column.tolist() for column in columns), strict=True)
     cases: list[list[Case]] = [[] for _ in bounds[1:]]
@@ -537,12 +538,19 @@ def default_data_path(name: DatasetName) -> Path:
     return data_dir / _DEFAULT_FILES[name]
 
 
-def load_dataset(name: DatasetName, path: Path | None = None) -> Dataset:
-    """Load a dataset by name with each loader's default split; `path` defaults to default_data_path."""
+def load_dataset(name: DatasetName, path: Path | None = None, holdout_validation: bool = True) -> Dataset:
+    """Load a dataset by name with each loader's default split; `path` defaults to default_data_path.
+
+    `holdout_validation=False` folds the validation sessions or period back into `train` (and leaves
+    `valid` empty): that is the data a final model is refit on, and the baselines are fit on, before the
+    test cases are scored, so that no method loses the most recent training data to tuning.
+    """
     loaders: dict[str, Callable[[Path], Dataset]] = {
-        "retailrocket-sessions": load_retailrocket_sessions,
-        "online-retail": load_online_retail,
-        "events": load_events,
+        "retailrocket-sessions": lambda p: load_retailrocket_sessions(
+            p, valid_fraction=0.1 * holdout_validation
+        ),
+        "online-retail": lambda p: load_online_retail(p, valid_weeks=4 * holdout_validation),
+        "events": lambda p: load_events(p, valid_fraction=0.1 * holdout_validation),
     }
     if name not in loaders:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(loaders)}")

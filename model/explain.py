@@ -109,12 +109,13 @@ def leave_one_out(
         for p in positions:
             variants.append([*history[:p], *history[p + 1 :]])
             variant_types.append([*event_types[:p], *event_types[p + 1 :]])
-    vectors = rec.encode(variants, variant_types) if variants else np.zeros((0, rec.item_vectors.shape[1]))
+    sessions = rec.encode(variants, variant_types)
     drops: list[list[list[tuple[int, float]]]] = []
     for (start, positions), row_items in zip(spans, items, strict=True):
         rows = [rec.vocab.get(item) for item in row_items]
-        known = [r if r is not None else 0 for r in rows]
-        scores = vectors[start : start + 1 + len(positions)] @ rec.item_vectors[known].T  # (1 + P, I)
+        known = np.array([r if r is not None else 0 for r in rows], dtype=np.int64)
+        # Full model scores (repeat bonus included), so dropping an item also drops its repeat bonus.
+        scores = sessions[start : start + 1 + len(positions)].scores(rec.item_vectors, known)  # (1 + P, I)
         per_item = []
         for column, row_index in enumerate(rows):
             if row_index is None or not positions:

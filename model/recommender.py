@@ -20,8 +20,8 @@ from model.artifacts import CONFIG, new_version, resolve_version
 from model.bundles import ExplainedBundle, bundles_batch
 from model.complement.model import ComplementModel
 from model.data import Case, Dataset, Session
+from model.sasrec.encode import EncodedSessions, encode_history, encode_sessions
 from model.sasrec.model import SASRec, SASRecConfig
-from model.sasrec.train import encode_history, session_vectors
 from model.vocab import ItemVocab
 
 Recommendation = tuple[str, float]
@@ -115,26 +115,37 @@ class Recommender:
 
     def encode(
         self, histories: Sequence[Sequence[str]], types: Sequence[Sequence[str]] | None = None
-    ) -> np.ndarray:
-        """Unit session vectors (B, d), one batched forward; a history with no known item gets a zero row."""
+    ) -> EncodedSessions:
+        """Session vectors and repeat bonuses, one batched forward; a history with no known item gets a
+        zero vector and no repeats."""
         encoded = [
             encode_history(history, types[i] if types is not None else None, self.vocab)
             for i, history in enumerate(histories)
         ]
-        vectors = session_vectors(self.model, encoded, self._device)
-        vectors[[not items for items, _ in encoded]] = 0.0
-        return vectors
+        sessions = encode_sessions(self.model, encoded, self._device)
+        sessions.vectors[[not items for items, _ in encoded]] = 0.0
+        return sessions
 
     def search(
-        self, vectors: np.ndarray, k: int, exclude: Sequence[Collection[str]] | None = None
+        self, sessions: EncodedSessions, k: int, exclude: Sequence[Collection[str]] | None = None
     ) -> list[list[Recommendation]]:
-        """Top-k items per session vector, one batched FAISS search; excluded ids never appear."""
-        excluded = [self.vocab.encode(items) for items in exclude] if exclude is not None else None
-        scores, ids = self.index.search(vectors, k, excluded)
-        return [
-            [(self.vocab.item_ids[i], float(s)) for s, i in zip(row_scores, row_ids, strict=True) if i >= 0]
-            for row_scores, row_ids in zip(scores, ids, strict=True)
-        ]
+        """Exact top-k by full model score, one batched FAISS search; excluded ids never appear.
+
+        FAISS returns the best items by inner product; only session items carry a repeat bonus, so
+        fetching k + (session items) from FAISS and rescoring the session items is exact.
+        """
+        excluded = [set(self.vocab.encode(items)) for items in exclude] if exclude is not None else None
+        fetch = k + max((len(repeats) for repeats in sessions.repeats), default=0)
+        scores, ids = self.index.search(sessions.vectors, fetch, excluded)
+        answers = []
+        for row, repeats in enumerate(sessions.repeats):
+            ranked = {int(i): float(s) for s, i in zip(scores[row], ids[row], strict=True) if i >= 0}
+            for item, bonus in repeats.items():
+                if excluded is None or item not in excluded[row]:
+                    ranked[item] = float(sessions.vectors[row] @ self.item_vectors[item]) + bonus
+            best = sorted(ranked.items(), key=lambda pair: (-pair[1], pair[0]))[:k]
+            answers.append([(self.vocab.item_ids[item], score) for item, score in best])
+        return answers
 
     def popular(self, k: int, exclude: Collection[str] = ()) -> list[Recommendation]:
         """Most frequent training items, as (id, share of training interactions)."""
@@ -208,7 +219,7 @@ class RecommenderScorer:
         """Nothing to learn: the artifact is already trained."""
 
     def score(self, cases: Sequence[Case]) -> np.ndarray:
-        vectors = self.recommender.encode([c.prefix for c in cases], [c.prefix_types for c in cases])
+        sessions = self.recommender.encode([c.prefix for c in cases], [c.prefix_types for c in cases])
         scores = np.full((len(cases), len(self._known)), -np.inf, dtype=np.float32)
-        scores[:, self._known] = vectors @ self.recommender.item_vectors[self._rows].T
+        scores[:, self._known] = sessions.scores(self.recommender.item_vectors, self._rows)
         return scores

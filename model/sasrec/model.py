@@ -3,8 +3,13 @@
 Kept in one readable file in the spirit of nanoGPT. Inputs are item indices shifted by one (0 is padding),
 event-type ids and positions counted back from the most recent event, so "the last thing the user did" always
 has the same position embedding however long the session is. The output item table is the input table (tied),
-which is what goes into FAISS: a session vector's inner product with an item row is the model's score, and
-items already in the session stay reachable, which matters because shoppers return to what they just viewed.
+which is what goes into FAISS: a session vector's inner product with an item row is the model's score.
+
+Shoppers return to what they just viewed, and one vector cannot point at every item of the session and at
+the next new one at once, so items already in the session also get a learned repeat bonus (RepeatNet's
+idea, kept cheap): it depends on how many events ago the item was seen, its event type and a gate read
+from the session state. Only session items get it, so exact top-k stays "FAISS top-k by inner product,
+merged with the rescored session items".
 """
 
 from __future__ import annotations
@@ -85,6 +90,9 @@ class SASRec(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.ln_f = nn.LayerNorm(config.dim)
+        self.repeat_distance = nn.Parameter(torch.zeros(config.max_len))
+        self.repeat_type = nn.Parameter(torch.zeros(len(EVENT_TYPES) + 1))
+        self.repeat_gate = nn.Linear(config.dim, 1)
         nn.init.normal_(self.item_emb.weight, std=0.02)
         nn.init.normal_(self.type_emb.weight, std=0.02)
         nn.init.normal_(self.pos_emb.weight, std=0.02)
@@ -108,9 +116,25 @@ class SASRec(nn.Module):
         """The item table that goes into FAISS: unit rows, padding row dropped."""
         return F.normalize(self.item_emb.weight[1:], dim=-1)
 
-    def session_vectors(self, items: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
-        """Unit session vectors (B, d) at the most recent event (inputs are left-padded)."""
-        return F.normalize(self.hidden(items, types)[:, -1], dim=-1)
+    def session_vectors(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Session vectors whose inner product with `item_vectors` is the score (cosine / temperature)."""
+        return F.normalize(hidden, dim=-1) / self.config.temperature
+
+    def repeat_bonus(self, state: torch.Tensor, types: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
+        """Bonus of a session event for one prediction: `state` is the predicting position's hidden
+        state, `types` the event's type, `distance` how many events before that position it happened."""
+        gate = self.repeat_gate(state).squeeze(-1)
+        return F.softplus(gate + self.repeat_distance[distance] + self.repeat_type[types])
+
+    def encode_last(self, items: torch.Tensor, types: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For left-padded histories: session vectors (B, d) at the latest event, and the repeat bonus
+        (B, L) of each history position for that prediction (0 on padding)."""
+        hidden = self.hidden(items, types)[:, -1]
+        length = items.shape[1]
+        distance = (length - 1 - torch.arange(length, device=items.device)).expand_as(items)
+        state = hidden[:, None, :].expand(-1, length, -1)
+        bonus = self.repeat_bonus(state, types, distance) * (items != PAD)
+        return self.session_vectors(hidden), bonus
 
     def loss(
         self,
@@ -122,19 +146,33 @@ class SASRec(nn.Module):
     ) -> torch.Tensor:
         """Softmax cross-entropy at every position with a target (targets: item index, -1 for none).
 
-        With `candidates` (sorted unique item indices that include every target) the softmax runs over
-        those items only: sampled softmax, for catalogues too large for a full softmax per step. `log_q`
-        (log of each candidate's expected count in the sample) corrects the logits so that popular items,
-        which are sampled more often as in-batch targets, are not pushed down more than a full softmax
-        would (the logQ correction).
+        With `candidates` (sorted unique item indices holding every target and every input item) the
+        softmax runs over those items only: sampled softmax, for catalogues too large for a full softmax
+        per step. `log_q` (log of each candidate's expected count in the sample) corrects the logits so
+        that popular items, sampled more often as in-batch targets, are not pushed down more than a full
+        softmax would (the logQ correction).
         """
         hidden = self.hidden(items, types)
         has_target = targets >= 0
-        session = F.normalize(hidden[has_target], dim=-1) / self.config.temperature
-        target = targets[has_target]
         if candidates is None:
-            return F.cross_entropy(session @ self.item_vectors().T, target)
-        logits = session @ F.normalize(self.item_emb(candidates + 1), dim=-1).T
-        if log_q is not None:
-            logits = logits - log_q
-        return F.cross_entropy(logits, torch.searchsorted(candidates, target))
+            logits = self.session_vectors(hidden[has_target]) @ self.item_vectors().T
+            columns = items - 1
+        else:
+            item_vectors = F.normalize(self.item_emb(candidates + 1), dim=-1)
+            logits = self.session_vectors(hidden[has_target]) @ item_vectors.T
+            if log_q is not None:
+                logits = logits - log_q
+            columns = torch.searchsorted(candidates, (items - 1).clamp(min=0))
+        # Repeat bonus of every earlier-or-same input event j for the prediction at position t.
+        batch, length = items.shape
+        position = torch.arange(length, device=items.device)
+        distance = position[:, None] - position[None, :]
+        pairs = has_target[:, :, None] & (items != PAD)[:, None, :] & (distance >= 0)
+        b, t, j = pairs.nonzero(as_tuple=True)
+        row_of = (has_target.flatten().cumsum(0) - 1).view(batch, length)
+        bonus = self.repeat_bonus(hidden[b, t], types[b, j], distance[t, j])
+        logits = logits.index_put((row_of[b, t], columns[b, j]), bonus, accumulate=True)
+        target = targets[has_target]
+        if candidates is not None:
+            target = torch.searchsorted(candidates, target)
+        return F.cross_entropy(logits, target)

@@ -8,31 +8,32 @@ from __future__ import annotations
 
 import json
 import random
+import resource
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from model.data import EVENT_TYPES, Case, Dataset, Session
+from model.data import Case, Dataset, Session
 from model.metrics import UNKNOWN_TARGET, target_ranks
+from model.sasrec.encode import encode_history, encode_sessions, left_pad
 from model.sasrec.model import PAD, SASRec, SASRecConfig
 from model.vocab import ItemVocab
-
-TYPE_IDS = {name: i + 1 for i, name in enumerate(EVENT_TYPES)}  # 0 is padding
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 30
-    batch_size: int = 256
+    batch_size: int = 512
     lr: float = 2e-3
     weight_decay: float = 0.01
     patience: int = 2  # epochs without validation MRR@20 improvement before stopping
-    negatives: int = 4096  # shared uniform negatives per step (sampled softmax); 0 = full softmax
+    negatives: int = 2048  # shared uniform negatives per step (sampled softmax); 0 = full softmax
+    logq_correction: bool = True  # correct sampled-softmax logits for how often each item is sampled
     max_valid_cases: int = 10_000  # validation is a deterministic sample when larger, to keep epochs cheap
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -52,19 +53,6 @@ def set_seed(seed: int) -> None:
     torch.cuda.manual_seed_all(seed)
 
 
-def encode_history(
-    items: Sequence[str], types: Sequence[str] | None, vocab: ItemVocab
-) -> tuple[list[int], list[int]]:
-    """Model inputs: known items shifted by one (0 = padding) and their type ids; unknown ids dropped."""
-    types = types if types is not None else ("view",) * len(items)
-    pairs = [
-        (vocab.get(item), TYPE_IDS.get(kind, TYPE_IDS["view"]))
-        for item, kind in zip(items, types, strict=True)
-    ]
-    known = [(index + 1, kind) for index, kind in pairs if index is not None]
-    return [index for index, _ in known], [kind for _, kind in known]
-
-
 def training_windows(
     sessions: Sequence[Session], vocab: ItemVocab, max_len: int
 ) -> list[tuple[list[int], list[int]]]:
@@ -77,23 +65,6 @@ def training_windows(
             if len(items[window]) >= 2:
                 windows.append((items[window], types[window]))
     return windows
-
-
-def left_pad(rows: Sequence[Sequence[int]], length: int, fill: int) -> torch.Tensor:
-    out = torch.full((len(rows), length), fill, dtype=torch.long)
-    for i, row in enumerate(rows):
-        kept = row[-length:]
-        if kept:
-            out[i, length - len(kept) :] = torch.as_tensor(kept, dtype=torch.long)
-    return out
-
-
-def history_batch(
-    histories: Sequence[tuple[list[int], list[int]]], max_len: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded (items, types) tensors of encoded histories, cut to the latest max_len events."""
-    length = max(1, min(max_len, max(len(items) for items, _ in histories)))
-    return left_pad([h[0] for h in histories], length, PAD), left_pad([h[1] for h in histories], length, PAD)
 
 
 def training_batches(
@@ -113,36 +84,22 @@ def training_batches(
 
 
 def candidates(
-    targets: torch.Tensor, config: TrainConfig, item_share: torch.Tensor
+    targets: torch.Tensor, inputs: torch.Tensor, config: TrainConfig, item_share: torch.Tensor
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Items the softmax runs over this step (the batch's targets plus shared uniform negatives) and the
-    log of each one's expected count in that sample, for the logQ correction; (None, None) = full softmax."""
+    """Items the softmax runs over this step and the log of each one's expected count in the sample (for
+    the logQ correction); (None, None) means a full softmax.
+
+    The sample is the batch's targets, its input items (their repeat bonus must meet the softmax) and
+    shared uniform negatives.
+    """
     n_items = len(item_share)
     if not 0 < config.negatives < n_items:
         return None, None
     real_targets = targets[targets >= 0]
     negatives = torch.randint(0, n_items, (config.negatives,), device=targets.device)
-    picked = torch.unique(torch.cat([real_targets, negatives]))
+    picked = torch.unique(torch.cat([real_targets, inputs[inputs != PAD] - 1, negatives]))
     expected = len(real_targets) * item_share[picked] + config.negatives / n_items
     return picked, expected.log()
-
-
-@torch.no_grad()
-def session_vectors(
-    model: SASRec,
-    histories: Sequence[tuple[list[int], list[int]]],
-    device: torch.device,
-    batch_size: int = 1024,
-) -> np.ndarray:
-    """Unit session vectors for encoded histories, in batches; one forward pass per batch."""
-    model.eval()
-    out = np.zeros((len(histories), model.config.dim), dtype=np.float32)
-    for start in range(0, len(histories), batch_size):
-        items, types = history_batch(histories[start : start + batch_size], model.config.max_len)
-        out[start : start + len(items)] = (
-            model.session_vectors(items.to(device), types.to(device)).cpu().numpy()
-        )
-    return out
 
 
 @torch.no_grad()
@@ -150,13 +107,12 @@ def validate(
     model: SASRec, cases: Sequence[Case], vocab: ItemVocab, device: torch.device
 ) -> dict[str, float]:
     """Full-ranking HR@20 / MRR@20 over all items; cases with unknown targets count as misses."""
-    histories = [encode_history(c.prefix, c.prefix_types, vocab) for c in cases]
+    encoded = encode_sessions(model, [encode_history(c.prefix, c.prefix_types, vocab) for c in cases], device)
     targets = np.array([UNKNOWN_TARGET if (i := vocab.get(c.target)) is None else i for c in cases])
-    vectors = session_vectors(model, histories, device)
     items = model.item_vectors().cpu().numpy()
     ranks = np.concatenate(
         [
-            target_ranks(vectors[start : start + 2048] @ items.T, targets[start : start + 2048])
+            target_ranks(encoded[start : start + 2048].scores(items), targets[start : start + 2048])
             for start in range(0, len(cases), 2048)
         ]
     )
@@ -189,7 +145,7 @@ def train(
     if len(valid) > config.max_valid_cases:
         valid = random.Random(config.seed).sample(valid, config.max_valid_cases)
     rng = random.Random(config.seed)
-    best_mrr, best_state, stale, history = -1.0, None, 0, []
+    best_mrr, best_epoch, best_state, stale, history = -1.0, 0, None, 0, []
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         model.train()
@@ -203,7 +159,8 @@ def train(
         )
         for items, types, targets in progress:
             targets = targets.to(device)
-            picked, log_q = candidates(targets, config, item_share)
+            picked, log_q = candidates(targets, items, config, item_share)
+            log_q = log_q if config.logq_correction else None
             loss = model.loss(items.to(device), types.to(device), targets, picked, log_q)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -211,20 +168,19 @@ def train(
             optimizer.step()
             total, steps = total + loss.item(), steps + 1
             progress.set_postfix(loss=f"{total / steps:.3f}")
-        scores = validate(model, valid, vocab, device) if valid else {"hr@20": 0.0, "mrr@20": 0.0}
-        record = {
-            "epoch": epoch,
-            "loss": total / max(steps, 1),
-            **scores,
-            "seconds": time.perf_counter() - started,
-        }
+        record: dict[str, float] = {"epoch": epoch, "loss": total / max(steps, 1)}
+        if valid:
+            record |= validate(model, valid, vocab, device)
+        record["seconds"] = time.perf_counter() - started
         history.append(record)
         tqdm.write(
-            f"epoch {epoch}: loss {record['loss']:.4f}  valid HR@20 {scores['hr@20']:.4f}  "
-            f"MRR@20 {scores['mrr@20']:.4f}  ({record['seconds']:.0f}s)"
+            f"epoch {epoch}: loss {record['loss']:.4f}"
+            + (f"  valid HR@20 {record['hr@20']:.4f}  MRR@20 {record['mrr@20']:.4f}" if valid else "")
+            + f"  ({record['seconds']:.0f}s)"
         )
-        if scores["mrr@20"] > best_mrr:
-            best_mrr, stale = scores["mrr@20"], 0
+        # Without validation cases (a refit on all training data) the last epoch is the model.
+        if not valid or record["mrr@20"] > best_mrr:
+            best_mrr, best_epoch, stale = record.get("mrr@20", best_mrr), epoch, 0
             best_state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
             if checkpoint is not None:
                 torch.save(
@@ -239,6 +195,7 @@ def train(
     model.eval()
     return model, {
         "history": history,
+        "best_epoch": best_epoch,
         "best_valid_mrr@20": best_mrr,
         "train_seconds": time.perf_counter() - started,
         "train_windows": len(windows),
@@ -251,19 +208,42 @@ def train_artifact(
     out_root: Path,
     model_config: SASRecConfig | None = None,
     config: TrainConfig | None = None,
+    refit_on: Dataset | None = None,
 ) -> Path:
-    """Train on a dataset and publish a complete, versioned artifact under out_root; return its directory."""
+    """Train on a dataset and publish a complete, versioned artifact under out_root; return its directory.
+
+    Validation picks the number of epochs. With `refit_on` (the same data with the validation part
+    folded back into training) a fresh model is then trained on it for that many epochs and published,
+    so the served model has seen the most recent sessions, which a held-out validation set withholds.
+    """
     from model.recommender import write_artifact  # the artifact format lives with its reader
 
     config = config or TrainConfig()
-    vocab = ItemVocab.from_sequences(session.items for session in dataset.train)
-    model_config = model_config or SASRecConfig(n_items=len(vocab))
-    model_config.n_items = len(vocab)
+    model_config = model_config or SASRecConfig(n_items=0)
     out_root.mkdir(parents=True, exist_ok=True)
+    checkpoint = out_root / "checkpoint.pt"
+    vocab = ItemVocab.from_sequences(session.items for session in dataset.train)
     model, report = train(
-        dataset.train, dataset.valid, vocab, model_config, config, checkpoint=out_root / "checkpoint.pt"
+        dataset.train, dataset.valid, vocab, replace(model_config, n_items=len(vocab)), config, checkpoint
     )
+    if refit_on is not None:
+        epochs = int(report["best_epoch"])
+        tqdm.write(f"refit: {epochs} epochs on {len(refit_on.train):,} sessions (validation folded in)")
+        dataset, vocab = refit_on, ItemVocab.from_sequences(session.items for session in refit_on.train)
+        model, refit_report = train(
+            dataset.train,
+            [],
+            vocab,
+            replace(model_config, n_items=len(vocab)),
+            replace(config, epochs=epochs),
+        )
+        report = {
+            **report,
+            "refit": refit_report,
+            "train_seconds": report["train_seconds"] + refit_report["train_seconds"],
+        }
+    report["train_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     version_dir = write_artifact(out_root, model, vocab, dataset, report)
-    (out_root / "checkpoint.pt").unlink(missing_ok=True)
+    checkpoint.unlink(missing_ok=True)
     print(json.dumps({"version": version_dir.name, "best_valid_mrr@20": report["best_valid_mrr@20"]}))
     return version_dir

@@ -65,11 +65,11 @@ def test_leave_one_out_matches_single_encodes(rec: Recommender, online_retail_sa
     ((drops,),) = leave_one_out(rec, [history], [types], [[target]])
     position, drop = drops[0]
     row = rec.vocab.get(target)
-    full = rec.encode([history], [types])[0] @ rec.item_vectors[row]
+    full = rec.encode([history], [types]).scores(rec.item_vectors)[0, row]
     without = rec.encode(
         [history[:position] + history[position + 1 :]], [types[:position] + types[position + 1 :]]
-    )
-    assert drop == pytest.approx(float(full - without[0] @ rec.item_vectors[row]), abs=1e-4)
+    ).scores(rec.item_vectors)[0, row]
+    assert drop == pytest.approx(float(full - without), abs=1e-4)
 
 
 def test_strongest_reason_is_faithful(rec: Recommender, online_retail_sample: Dataset) -> None:

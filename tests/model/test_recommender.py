@@ -38,12 +38,25 @@ def test_recommend_returns_k_known_items_best_first(rec: Recommender, history: l
     assert scores == sorted(scores, reverse=True)
 
 
-def test_scores_are_the_inner_product_of_session_and_item_vectors(
-    rec: Recommender, history: list[str]
+def test_search_is_exact_top_k_of_the_full_model_score(
+    rec: Recommender, online_retail_sample: Dataset
 ) -> None:
-    vector = rec.encode([history])[0]
-    for item, score in rec.recommend(history, k=5):
-        assert score == pytest.approx(float(vector @ rec.item_vectors[rec.vocab.get(item)]), abs=1e-5)
+    """FAISS inner product + repeat bonus of session items, merged, equals brute force over all items."""
+    histories = [list(session.items[-12:]) for session in online_retail_sample.train[:20]]
+    sessions = rec.encode(histories)
+    brute = sessions.scores(rec.item_vectors)
+    for row, answer in enumerate(rec.search(sessions, k=15)):
+        expected = np.sort(brute[row])[::-1][:15]
+        np.testing.assert_allclose([score for _, score in answer], expected, rtol=1e-4, atol=1e-4)
+        for item, score in answer:
+            assert score == pytest.approx(float(brute[row, rec.vocab.get(item)]), abs=1e-4)
+
+
+def test_items_already_seen_get_a_repeat_bonus(rec: Recommender, history: list[str]) -> None:
+    sessions = rec.encode([history])
+    seen = {rec.vocab.get(item) for item in history}
+    assert set(sessions.repeats[0]) == seen
+    assert all(bonus > 0 for bonus in sessions.repeats[0].values())
 
 
 def test_unknown_ids_are_ignored(rec: Recommender, history: list[str]) -> None:
@@ -95,9 +108,9 @@ def test_scorer_ranks_the_harness_vocabulary(rec: Recommender, online_retail_sam
     scores = scorer.score(cases)
     assert scores.shape == (4, len(reordered))
     assert np.isneginf(scores[:, -1]).all()
-    vectors = rec.encode([c.prefix for c in cases], [c.prefix_types for c in cases])
-    item = reordered.item_ids[0]
-    np.testing.assert_allclose(scores[:, 0], vectors @ rec.item_vectors[rec.vocab.get(item)], rtol=1e-5)
+    sessions = rec.encode([c.prefix for c in cases], [c.prefix_types for c in cases])
+    expected = sessions.scores(rec.item_vectors)[:, rec.vocab.get(reordered.item_ids[0])]
+    np.testing.assert_allclose(scores[:, 0], expected, rtol=1e-5)
 
 
 def test_a_failed_write_never_becomes_latest(tmp_path: Path) -> None:

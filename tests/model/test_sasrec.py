@@ -52,17 +52,19 @@ def test_left_padding_does_not_change_the_session_vector(model: SASRec) -> None:
     short = torch.tensor([[3, 5, 7]])
     padded = torch.tensor([[PAD, PAD, PAD, 3, 5, 7]])
     with torch.no_grad():
-        a = model.session_vectors(short, torch.ones_like(short))
-        b = model.session_vectors(padded, (padded != PAD).long())
+        a, a_bonus = model.encode_last(short, torch.ones_like(short))
+        b, b_bonus = model.encode_last(padded, (padded != PAD).long())
     torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a_bonus, b_bonus[:, 3:])
+    assert (b_bonus[:, :3] == 0).all() and (a_bonus > 0).all()
     assert torch.isfinite(model.hidden(padded, (padded != PAD).long())).all()
 
 
 def test_event_type_changes_the_session_vector(model: SASRec) -> None:
     items = torch.tensor([[3, 5, 7]])
     with torch.no_grad():
-        viewed = model.session_vectors(items, torch.tensor([[1, 1, 1]]))
-        bought = model.session_vectors(items, torch.tensor([[1, 1, 4]]))
+        viewed, _ = model.encode_last(items, torch.tensor([[1, 1, 1]]))
+        bought, _ = model.encode_last(items, torch.tensor([[1, 1, 4]]))
     assert not torch.allclose(viewed, bought)
 
 
@@ -99,15 +101,26 @@ def test_sampled_softmax_candidates_contain_every_target_with_their_log_q() -> N
     targets = torch.tensor([[-1, 4, 9], [17, -1, 2]])
     share = torch.full((100,), 0.01)
     share[4] = 0.5
-    picked, log_q = candidates(targets, TrainConfig(negatives=5), share)
+    inputs = torch.tensor([[0, 31, 32], [33, 0, 34]])  # shifted by one: items 30, 31, 32, 33
+    picked, log_q = candidates(targets, inputs, TrainConfig(negatives=5), share)
     assert picked is not None and log_q is not None
-    assert set(targets[targets >= 0].tolist()) <= set(picked.tolist())
+    assert set(targets[targets >= 0].tolist()) | {30, 31, 32, 33} <= set(picked.tolist())
     assert picked.tolist() == sorted(set(picked.tolist()))
     # Expected count in the sample: 4 targets drawn by share, 5 uniform negatives over 100 items.
     expected = 4 * share[picked] + 5 / 100
     torch.testing.assert_close(log_q, expected.log())
     assert log_q[picked.tolist().index(4)] == log_q.max()
-    assert candidates(targets, TrainConfig(negatives=0), share) == (None, None)
+    assert candidates(targets, inputs, TrainConfig(negatives=0), share) == (None, None)
+
+
+def test_sampled_and_full_softmax_agree_when_every_item_is_a_candidate(model: SASRec) -> None:
+    items = torch.tensor([[PAD, 3, 5, 3], [2, 4, 6, 8]])
+    types = (items != PAD).long()
+    targets = torch.tensor([[-1, 4, 2, 9], [3, 5, 7, 1]])
+    with torch.no_grad():
+        full = model.loss(items, types, targets)
+        sampled = model.loss(items, types, targets, torch.arange(30))
+    torch.testing.assert_close(full, sampled)
 
 
 @pytest.mark.parametrize("negatives", [0, 8])

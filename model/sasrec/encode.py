@@ -1,0 +1,100 @@
+"""From item-id histories to model inputs and session encodings, shared by validation and serving."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from model.data import EVENT_TYPES
+from model.sasrec.model import PAD, SASRec
+from model.vocab import ItemVocab
+
+TYPE_IDS = {name: i + 1 for i, name in enumerate(EVENT_TYPES)}  # 0 is padding
+
+
+def encode_history(
+    items: Sequence[str], types: Sequence[str] | None, vocab: ItemVocab
+) -> tuple[list[int], list[int]]:
+    """Model inputs: known items shifted by one (0 = padding) and their type ids; unknown ids dropped."""
+    types = types if types is not None else ("view",) * len(items)
+    pairs = [
+        (vocab.get(item), TYPE_IDS.get(kind, TYPE_IDS["view"]))
+        for item, kind in zip(items, types, strict=True)
+    ]
+    known = [(index + 1, kind) for index, kind in pairs if index is not None]
+    return [index for index, _ in known], [kind for _, kind in known]
+
+
+def left_pad(rows: Sequence[Sequence[int]], length: int, fill: int) -> torch.Tensor:
+    out = torch.full((len(rows), length), fill, dtype=torch.long)
+    for i, row in enumerate(rows):
+        kept = row[-length:]
+        if kept:
+            out[i, length - len(kept) :] = torch.as_tensor(kept, dtype=torch.long)
+    return out
+
+
+def history_batch(
+    histories: Sequence[tuple[list[int], list[int]]], max_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded (items, types) tensors of encoded histories, cut to the latest max_len events."""
+    length = max(1, min(max_len, max(len(items) for items, _ in histories)))
+    return left_pad([h[0] for h in histories], length, PAD), left_pad([h[1] for h in histories], length, PAD)
+
+
+@dataclass(frozen=True)
+class EncodedSessions:
+    """What the model says about a batch of histories.
+
+    `vectors[b] @ item_vector` is the model score of any item; items the user already touched also
+    get `repeats[b][item_index]` on top (the learned repeat bonus), so the full score of a session item
+    is the sum.
+    """
+
+    vectors: np.ndarray  # (B, d) float32
+    repeats: list[dict[int, float]]
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def __getitem__(self, rows: slice) -> EncodedSessions:
+        return EncodedSessions(self.vectors[rows], self.repeats[rows])
+
+    def scores(self, item_vectors: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+        """Full scores (B, n) of the items `columns` index (default: all rows of `item_vectors`)."""
+        picked = item_vectors if columns is None else item_vectors[columns]
+        scores = self.vectors @ picked.T
+        position = None if columns is None else {int(c): i for i, c in enumerate(columns)}
+        for row, repeats in enumerate(self.repeats):
+            for item, bonus in repeats.items():
+                column = item if position is None else position.get(item)
+                if column is not None:
+                    scores[row, column] += bonus
+        return scores
+
+
+@torch.no_grad()
+def encode_sessions(
+    model: SASRec,
+    histories: Sequence[tuple[list[int], list[int]]],
+    device: torch.device,
+    batch_size: int = 1024,
+) -> EncodedSessions:
+    """Session vectors and repeat bonuses for encoded histories, one forward pass per batch."""
+    model.eval()
+    vectors = np.zeros((len(histories), model.config.dim), dtype=np.float32)
+    repeats: list[dict[int, float]] = []
+    for start in range(0, len(histories), batch_size):
+        items, types = history_batch(histories[start : start + batch_size], model.config.max_len)
+        session, bonus = model.encode_last(items.to(device), types.to(device))
+        vectors[start : start + len(items)] = session.cpu().numpy()
+        for row_items, row_bonus in zip(items.tolist(), bonus.cpu().tolist(), strict=True):
+            repeat: dict[int, float] = {}
+            for item, value in zip(row_items, row_bonus, strict=True):
+                if item != PAD:
+                    repeat[item - 1] = repeat.get(item - 1, 0.0) + value
+            repeats.append(repeat)
+    return EncodedSessions(vectors, repeats)
