@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
 import typer
+from rich.console import Console
 
 from index.cli import app as index_app
 from model.cli import register as register_model_commands
@@ -16,6 +24,11 @@ app = typer.Typer(
 register_model_commands(app)
 app.add_typer(index_app, name="index", help="FAISS index tools (benchmark).")
 
+console = Console()
+ONLINE_RETAIL_SAMPLE = (
+    Path(__file__).resolve().parents[1] / "model" / "samples" / "online_retail_sample.csv.gz"
+)
+DATA_HELP = "Events: an online-retail export (one purchase per line) or an event log (.csv/.jsonl/.parquet)."
 LOG_LEVEL = typer.Option("warning", help="Worker log level (debug, info, warning, error).")
 
 
@@ -26,6 +39,153 @@ def worker(settings: StreamSettings, log_level: str = LOG_LEVEL) -> None:
     from stream.worker import run_worker
 
     run_worker(settings, log_level)
+
+
+@app.command()
+@settings_options
+def replay(
+    settings: StreamSettings,
+    data: Path = typer.Option(..., "--data", exists=True, dir_okay=False, help=DATA_HELP),
+    rate: float = typer.Option(100.0, min=0, help="Events per second (0: as fast as possible)."),
+    limit: int = typer.Option(0, min=0, help="Replay only the first N events (0: all)."),
+) -> None:
+    """Produce a dataset's events to the input topic at a fixed rate, with a progress bar."""
+    from tqdm import tqdm
+
+    from stream.replay import event_records, load_events, produce_at_rate
+
+    events = load_events(data)
+    events = events.head(limit) if limit else events
+    with tqdm(total=len(events), unit="event", desc=f"-> {settings.input_topic}") as bar:
+        sent = asyncio.run(
+            produce_at_rate(settings, event_records(events), rate, lambda record: bar.update())
+        )
+    console.print(f"sent {sent:,} events to {settings.input_topic}")
+
+
+@app.command()
+@settings_options
+def tail(
+    settings: StreamSettings,
+    from_beginning: bool = typer.Option(False, help="Start at the oldest message instead of new ones."),
+    raw: bool = typer.Option(False, help="Print the JSON messages as they are."),
+) -> None:
+    """Print the recommendations topic as messages arrive (Ctrl-C to stop)."""
+    from stream.display import format_answer, load_descriptions
+    from stream.replay import read_topic
+
+    descriptions = (
+        {} if raw else load_descriptions(settings.model_dir if settings.model_dir.exists() else None)
+    )
+
+    async def follow() -> None:
+        async for message in read_topic(settings, settings.output_topic, from_beginning):
+            if raw:
+                print(json.dumps(message), flush=True)
+            else:
+                console.print(format_answer(message, descriptions))
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(follow())
+
+
+@app.command()
+@settings_options
+def demo(
+    settings: StreamSettings,
+    data: Path = typer.Option(ONLINE_RETAIL_SAMPLE, "--data", exists=True, dir_okay=False, help=DATA_HELP),
+    rate: float = typer.Option(10.0, min=0, help="Events per second to replay."),
+    limit: int = typer.Option(500, min=0, help="Events to replay (0: all)."),
+) -> None:
+    """The main job on embedded defaults: Tansu broker, small model, worker, replay, answers printed live.
+
+    Starts Tansu when no broker is configured and trains a small model on the online-retail sample shipped
+    in model/samples when BUNDLECAST_MODEL_DIR holds none. Ctrl-C stops everything cleanly.
+    """
+    from stream.demo import replay_and_show
+    from stream.launch import broker_for, ensure_model, worker_process
+
+    with tempfile.TemporaryDirectory(prefix="bundlecast-demo-") as scratch, broker_for(settings) as settings:
+        console.print(f"broker [bold]{settings.kafka_bootstrap}[/]")
+        ensure_model(settings.model_dir)
+        if "BUNDLECAST_STATE_DIR" not in os.environ:
+            settings = settings.model_copy(update={"state_dir": Path(scratch) / "state"})
+        log = Path(scratch) / "worker.log"
+        with worker_process(settings, log):
+            if settings.metrics_port:
+                console.print(f"metrics on [bold]http://localhost:{settings.metrics_port}/metrics[/]")
+            console.print(f"worker log {log}; replaying {data.name} at {rate:g} events/s (Ctrl-C to stop)")
+            try:
+                shown = asyncio.run(replay_and_show(settings, data, rate, limit, console))
+                console.print(f"[green]{shown:,} recommendations received[/]")
+            except KeyboardInterrupt:
+                console.print("[yellow]interrupted: stopping the worker and the broker[/]")
+
+
+@app.command()
+@settings_options
+def bench(
+    settings: StreamSettings,
+    data: Path = typer.Option(ONLINE_RETAIL_SAMPLE, "--data", exists=True, dir_okay=False, help=DATA_HELP),
+    rate: list[float] = typer.Option(
+        [500.0, 1000.0, 2000.0, 3000.0, 0.0], help="Offered events/s (repeat; 0: max)."
+    ),
+    seconds: float = typer.Option(10.0, min=1, help="Length of each fixed-rate step."),
+    burst: int = typer.Option(30_000, min=1, help="Events in the as-fast-as-possible (0) step."),
+) -> None:
+    """Drive a real worker at fixed rates: sustained events/s, p50/p99 produce-to-answer ms, stage split."""
+    from rich.table import Table
+
+    from stream.bench import AnswerClock, run_step, wait_for_metrics
+    from stream.broker import free_port
+    from stream.launch import broker_for, ensure_model, worker_process
+    from stream.metrics import STAGES
+    from stream.replay import load_events
+
+    events = load_events(data)
+    table = Table(
+        "offered/s",
+        "events",
+        "answered",
+        "sustained/s",
+        "p50 ms",
+        "p99 ms",
+        "batch",
+        *(f"{stage} ms" for stage in STAGES),
+        title="bundlecast bench",
+    )
+    with tempfile.TemporaryDirectory(prefix="bundlecast-bench-") as scratch, broker_for(settings) as settings:
+        ensure_model(settings.model_dir)
+        settings = settings.model_copy(
+            update={
+                "state_dir": Path(scratch) / "state",
+                "metrics_port": settings.metrics_port or free_port(),
+            }
+        )
+        metrics_url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
+
+        async def drive() -> None:
+            await wait_for_metrics(metrics_url)
+            async with AnswerClock(settings) as clock:
+                await run_step(settings, clock, events, 50.0, 100, metrics_url, "warmup", timeout_s=180)
+                for step, offered in enumerate(rate):
+                    count = burst if offered == 0 else int(offered * seconds)
+                    result = await run_step(settings, clock, events, offered, count, metrics_url, f"s{step}")
+                    table.add_row(
+                        "max" if offered == 0 else f"{offered:,.0f}",
+                        f"{result.events:,}",
+                        f"{result.answered:,}",
+                        f"{result.sustained:,.0f}",
+                        f"{result.p50_ms:.1f}",
+                        f"{result.p99_ms:.1f}",
+                        f"{result.batch_size:.1f}",
+                        *(f"{result.stage_ms[stage]:.2f}" for stage in STAGES),
+                    )
+                    console.print(f"step {'max' if offered == 0 else offered} events/s: done")
+
+        with worker_process(settings, Path(scratch) / "worker.log"):
+            asyncio.run(drive())
+    console.print(table)
 
 
 if __name__ == "__main__":

@@ -122,14 +122,14 @@ def create_app(settings: StreamSettings) -> faust.App:
         answers = pipeline.answer(recommender, admitted, now) if admitted else []
         with metrics.observe_stage("publish"):
             for key, letter in letters:
-                await dlq.send(key=key, value=letter)
+                dlq.send_soon(key=key, value=letter)
             generated_at = datetime.now(UTC)
             for item, answer in zip(admitted, answers, strict=True):
                 latency_s = time.monotonic() - item.arrived
                 body = recommendation_message(
                     item.event, recommender.version, answer, generated_at, latency_s * 1e3
                 )
-                await output.send(key=item.event.user_id.encode("utf-8"), value=body)
+                output.send_soon(key=item.event.user_id.encode("utf-8"), value=body)
                 metrics.END_TO_END_LATENCY.observe(latency_s)
                 metrics.BUNDLES_PUBLISHED.inc(len(answer.bundles))
                 for bundle in answer.bundles:

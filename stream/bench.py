@@ -1,0 +1,148 @@
+"""`bundlecast bench`: a real worker on a real broker, driven at fixed rates with real events.
+
+Latency is measured from just before the producer sends an event to the moment its recommendation is
+read back (so it includes both Kafka hops); the per-batch time split comes from the worker's own
+Prometheus histograms, scraped before and after each step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from aiokafka import AIOKafkaConsumer
+from prometheus_client.parser import text_string_to_metric_families
+
+from stream.config import StreamSettings
+from stream.metrics import STAGES
+from stream.replay import Record, event_records, produce_at_rate
+
+
+@dataclass
+class StepResult:
+    rate: float  # offered events/s (0: as fast as possible)
+    events: int
+    answered: int
+    sustained: float  # answered events / (last answer - first send)
+    p50_ms: float
+    p99_ms: float
+    batch_size: float  # mean events per micro-batch
+    stage_ms: dict[str, float]  # mean milliseconds per batch, by stage
+
+
+def scrape(metrics_url: str) -> dict[tuple[str, str], float]:
+    """(sample name, stage label) -> value for the batch and stage histograms."""
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    values: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith(
+                ("bundlecast_stage_duration_seconds_", "bundlecast_batch_size_events_")
+            ):
+                values[(sample.name, sample.labels.get("stage", ""))] = sample.value
+    return values
+
+
+async def wait_for_metrics(metrics_url: str, timeout_s: float = 120.0) -> None:
+    """Wait until the worker serves /metrics (it starts serving once its model is loaded)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            scrape(metrics_url)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+def _step_records(events: pd.DataFrame, count: int, run_id: str) -> Iterator[Record]:
+    """`count` real events, cycling through the data set, with ids unique to this step."""
+    rows = events.iloc[np.resize(np.arange(len(events)), count)]
+    return event_records(rows.reset_index(drop=True), run_id)
+
+
+class AnswerClock:
+    """Reads the output topic and notes when each event's recommendation arrived."""
+
+    def __init__(self, settings: StreamSettings) -> None:
+        self.settings = settings
+        self.received: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> AnswerClock:
+        consumer = AIOKafkaConsumer(
+            self.settings.output_topic,
+            **self.settings.aiokafka_options(),
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=5,
+        )
+        await consumer.start()
+
+        async def run() -> None:
+            try:
+                while True:
+                    for messages in (await consumer.getmany(timeout_ms=100)).values():
+                        now = time.monotonic()
+                        for message in messages:
+                            self.received.setdefault(json.loads(message.value)["event_id"], now)
+            finally:
+                await consumer.stop()
+
+        self._task = asyncio.create_task(run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+async def run_step(
+    settings: StreamSettings,
+    clock: AnswerClock,
+    events: pd.DataFrame,
+    rate: float,
+    count: int,
+    metrics_url: str,
+    run_id: str,
+    timeout_s: float = 120.0,
+) -> StepResult:
+    sent: dict[str, float] = {}
+    before = scrape(metrics_url)
+
+    def note(record: Record) -> None:
+        sent[json.loads(record[1])["event_id"]] = time.monotonic()
+
+    await produce_at_rate(settings, _step_records(events, count, run_id), rate, note)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not all(event_id in clock.received for event_id in sent):
+        await asyncio.sleep(0.05)
+    after = scrape(metrics_url)
+    answered = [event_id for event_id in sent if event_id in clock.received]
+    latencies = np.array([clock.received[e] - sent[e] for e in answered]) * 1e3
+    span = max(clock.received[e] for e in answered) - min(sent.values()) if answered else float("nan")
+
+    def delta(name: str, stage: str = "") -> float:
+        return after.get((name, stage), 0.0) - before.get((name, stage), 0.0)
+
+    batches = delta("bundlecast_batch_size_events_count")
+    return StepResult(
+        rate=rate,
+        events=len(sent),
+        answered=len(answered),
+        sustained=len(answered) / span if answered else 0.0,
+        p50_ms=float(np.percentile(latencies, 50)) if answered else float("nan"),
+        p99_ms=float(np.percentile(latencies, 99)) if answered else float("nan"),
+        batch_size=delta("bundlecast_batch_size_events_sum") / batches if batches else float("nan"),
+        stage_ms={
+            stage: 1e3 * delta("bundlecast_stage_duration_seconds_sum", stage) / batches if batches else 0.0
+            for stage in STAGES
+        },
+    )

@@ -1,0 +1,61 @@
+"""`bundlecast demo`: broker, model, worker and a replay of real events, with answers printed as they come."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from stream.config import StreamSettings
+from stream.display import format_answer, load_descriptions
+from stream.replay import event_records, load_events, produce_at_rate, read_topic
+
+
+async def replay_and_show(
+    settings: StreamSettings,
+    data: Path,
+    rate: float,
+    limit: int,
+    console: Console,
+    answer_timeout_s: float = 120.0,
+) -> int:
+    """Replay `limit` events of `data` at `rate`/s, print each answer; return how many came back."""
+    descriptions = load_descriptions(settings.model_dir)
+    events = load_events(data)
+    events = events.head(limit) if limit else events
+    run_id = secrets.token_hex(4)
+    shown = 0
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as progress:
+        sent_bar = progress.add_task("events sent", total=len(events))
+        answered_bar = progress.add_task("answered", total=len(events))
+
+        async def show() -> None:
+            nonlocal shown
+            async for message in read_topic(settings, settings.output_topic, from_beginning=True):
+                if message["event_id"].startswith(run_id):
+                    shown += 1
+                    progress.console.print(format_answer(message, descriptions))
+                    progress.advance(answered_bar)
+                    if shown == len(events):
+                        return
+
+        printer = asyncio.create_task(show())
+        await produce_at_rate(
+            settings, event_records(events, run_id), rate, on_sent=lambda record: progress.advance(sent_bar)
+        )
+        deadline = time.monotonic() + answer_timeout_s
+        while not printer.done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        printer.cancel()
+        await asyncio.gather(printer, return_exceptions=True)
+    return shown
