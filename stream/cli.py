@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from index.cli import app as index_app
+from model.complement.cli import app as bundles_app
 from model.cli import register as register_model_commands
 from stream.config import StreamSettings, settings_options
 
@@ -23,6 +24,7 @@ app = typer.Typer(
 )
 register_model_commands(app)
 app.add_typer(index_app, name="index", help="FAISS index tools (benchmark).")
+app.add_typer(bundles_app, name="bundles", help="Complement model and bundle evaluation.")
 
 console = Console()
 ONLINE_RETAIL_SAMPLE = (
@@ -71,19 +73,17 @@ def tail(
     raw: bool = typer.Option(False, help="Print the JSON messages as they are."),
 ) -> None:
     """Print the recommendations topic as messages arrive (Ctrl-C to stop)."""
-    from stream.display import format_answer, load_descriptions
+    from stream.display import Catalog, format_answer
     from stream.replay import read_topic
 
-    descriptions = (
-        {} if raw else load_descriptions(settings.model_dir if settings.model_dir.exists() else None)
-    )
+    catalog = Catalog() if raw else Catalog.load(settings.model_dir if settings.model_dir.exists() else None)
 
     async def follow() -> None:
         async for message in read_topic(settings, settings.output_topic, from_beginning):
             if raw:
                 print(json.dumps(message), flush=True)
             else:
-                console.print(format_answer(message, descriptions))
+                console.print(format_answer(message, catalog))
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(follow())
