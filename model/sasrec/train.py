@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 import torch
+from scipy.sparse.linalg import svds
 from tqdm.auto import tqdm
 
 from model.data import Case, Dataset, Session
@@ -33,11 +35,36 @@ class TrainConfig:
     weight_decay: float = 0.01
     patience: int = 2  # epochs without validation MRR@20 improvement before stopping
     negatives: int = 2048  # shared uniform negatives per step (sampled softmax); 0 = full softmax
+    cooccurrence_init: bool = True  # start item embeddings from an SVD of session co-occurrence
     logq_correction: bool = True  # correct sampled-softmax logits for how often each item is sampled
     max_valid_cases: int = 10_000  # validation is a deterministic sample when larger, to keep epochs cheap
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default (one per core)
+
+
+def cooccurrence_embeddings(
+    windows: Sequence[tuple[list[int], list[int]]], n_items: int, dim: int, window: int = 3
+) -> torch.Tensor:
+    """Unit item vectors from a truncated SVD of the log co-occurrence of items a few events apart.
+
+    Items that appear in the same contexts start close together, so the attention model spends its
+    epochs on order and intent instead of first discovering which of ~40k items are related.
+    """
+    rows, cols = [], []
+    for items, _ in windows:
+        for distance in range(1, window + 1):
+            rows += items[:-distance]
+            cols += items[distance:]
+    pairs = sp.coo_matrix(
+        (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(n_items + 1, n_items + 1)
+    )
+    counts = (pairs + pairs.T).tocsr()[1:, 1:]
+    counts.data = np.log1p(counts.data)
+    left, strength, _ = svds(counts, k=min(dim, n_items - 2), random_state=0)
+    vectors = np.zeros((n_items, dim), dtype=np.float32)
+    vectors[:, : left.shape[1]] = left * np.sqrt(strength)
+    return torch.nn.functional.normalize(torch.from_numpy(vectors), dim=-1)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -133,9 +160,14 @@ def train(
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
-    model = SASRec(model_config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    model = SASRec(model_config)
     windows = training_windows(train_sessions, vocab, model_config.max_len)
+    if config.cooccurrence_init:
+        with torch.no_grad():
+            init = cooccurrence_embeddings(windows, len(vocab), model_config.dim)
+            model.item_emb.weight[1:] = init * model.item_emb.weight[1:].norm(dim=-1).mean()
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     target_counts = torch.bincount(
         torch.tensor([t - 1 for items, _ in windows for t in items[1:]], dtype=torch.long),
         minlength=len(vocab),

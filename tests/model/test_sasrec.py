@@ -142,3 +142,15 @@ def test_training_learns_a_deterministic_pattern(negatives: int) -> None:
     history = report["history"]
     assert history[-1]["loss"] < history[0]["loss"]
     assert report["best_valid_mrr@20"] == pytest.approx(1.0)
+
+
+def test_cooccurrence_init_places_items_of_the_same_sessions_together() -> None:
+    from model.sasrec.train import cooccurrence_embeddings
+
+    # Two disjoint groups of items that only ever appear with each other.
+    windows = [([1, 2, 3, 1, 2], [1] * 5), ([4, 5, 6, 4, 5], [1] * 5)] * 20
+    vectors = cooccurrence_embeddings(windows, n_items=6, dim=4, window=2)
+    similarity = vectors @ vectors.T
+    within = similarity[0, 1]
+    across = similarity[0, 4]
+    assert within > across + 0.5
