@@ -149,7 +149,7 @@ def test_cooccurrence_init_places_items_of_the_same_sessions_together() -> None:
 
     # Two disjoint groups of items that only ever appear with each other.
     windows = [([1, 2, 3, 1, 2], [1] * 5), ([4, 5, 6, 4, 5], [1] * 5)] * 20
-    vectors = cooccurrence_embeddings(windows, n_items=6, dim=4, window=2)
+    vectors = cooccurrence_embeddings(windows, n_items=6, dim=2, window=2)
     similarity = vectors @ vectors.T
     within = similarity[0, 1]
     across = similarity[0, 4]
