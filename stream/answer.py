@@ -1,18 +1,21 @@
-"""From ranked candidates to the recommendation message: filtering, reasons, and the output JSON.
+"""From ranked candidates to the recommendation message: filtering, explanations, bundles, output JSON.
 
-`compose_answer` is the one place where an answer's items get their reasons and where bundles are
-attached, so richer explanations and bundle assembly plug in there without touching the worker.
+Everything here works on a whole micro-batch: `explain` and `bundles` make one batched call each into
+the model side (`model.explain.explain_items`, `model.bundles.bundles_batch`), so attribution and bundle
+assembly cost a few batched forwards per batch, not per event.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from model import Recommender
+from model.bundles import ExplainedBundle, bundles_batch
+from model.explain import ExplainedItem, explain_items
+from stream import metrics
 from stream.events import ClickEvent
 from stream.state import UserState
 
@@ -20,30 +23,18 @@ Ranked = list[tuple[str, float]]
 
 
 @dataclass(frozen=True)
-class ScoredItem:
-    item_id: str
-    score: float
-    reasons: tuple[dict[str, Any], ...]
-
-
-@dataclass(frozen=True)
 class Answer:
-    items: tuple[ScoredItem, ...]
-    bundles: tuple[dict[str, Any], ...] = field(default=())
+    items: tuple[ExplainedItem, ...]
+    bundles: tuple[ExplainedBundle, ...] = field(default=())
 
 
-def personalized(ranked: Ranked, state: UserState, k: int) -> tuple[ScoredItem, ...]:
-    """Model candidates minus excluded items; `repeat` marks items the user already met this session."""
-    seen = set(state.history)
+def personalized(ranked: Ranked, state: UserState, k: int) -> Ranked:
+    """Model candidates minus the items this user must not be offered now (bought, in the cart)."""
     excluded = state.excluded
-    return tuple(
-        ScoredItem(item, score, ({"code": "repeat" if item in seen else "personalized"},))
-        for item, score in ranked
-        if item not in excluded
-    )[:k]
+    return [(item, score) for item, score in ranked if item not in excluded][:k]
 
 
-def popular(ranked_sources: Iterable[Ranked], excluded: frozenset[str], k: int) -> tuple[ScoredItem, ...]:
+def popular(ranked_sources: Iterable[Ranked], excluded: frozenset[str], k: int) -> Ranked:
     """The first k distinct, non-excluded items from popularity lists in order of preference."""
     picked: dict[str, float] = {}
     for ranked in ranked_sources:
@@ -52,12 +43,71 @@ def popular(ranked_sources: Iterable[Ranked], excluded: frozenset[str], k: int) 
                 break
             if item not in excluded and item not in picked:
                 picked[item] = score
-    return tuple(ScoredItem(item, score, ({"code": "popular"},)) for item, score in picked.items())
+    return list(picked.items())
 
 
-def compose_answer(recommender: Recommender, state: UserState, items: tuple[ScoredItem, ...]) -> Answer:
-    """The final answer for one event: the items with their reasons, and the bundles (none yet)."""
-    return Answer(items=items)
+def explain(
+    recommender: Recommender, states: Sequence[UserState], rankings: Sequence[Ranked]
+) -> list[list[ExplainedItem]]:
+    """Reasons and a one-line explanation per item, one batched attribution for the whole batch.
+
+    Users with no known item get the code `popular` (their rankings are popularity lists).
+    """
+    return explain_items(
+        recommender,
+        [state.history for state in states],
+        [state.history_types for state in states],
+        rankings,
+    )
+
+
+def has_known_item(recommender: Recommender, state: UserState) -> bool:
+    """Whether a bundle can be anchored for this user: an item of the session or cart the model knows."""
+    return recommender.known(state.history) or recommender.known(state.cart)
+
+
+def bundles(
+    recommender: Recommender, states: Sequence[UserState], n: int, size: int
+) -> list[list[ExplainedBundle]]:
+    """Up to n explained bundles of `size` items per user with a known item, none for the others.
+
+    Purchased items never enter a bundle; cart items anchor bundles (and stay in them: the bundle is
+    what completes the cart). An artifact without a complement model offers no bundles.
+    """
+    answers: list[list[ExplainedBundle]] = [[] for _ in states]
+    eligible = [i for i, state in enumerate(states) if has_known_item(recommender, state)]
+    if n == 0 or recommender.complements is None or not eligible:
+        return answers
+    assembled = bundles_batch(
+        recommender,
+        [states[i].history for i in eligible],
+        [states[i].history_types for i in eligible],
+        [states[i].cart for i in eligible],
+        [states[i].purchased for i in eligible],
+        n=n,
+        size=size,
+    )
+    for i, user_bundles in zip(eligible, assembled, strict=True):
+        answers[i] = user_bundles
+    return answers
+
+
+def compose_answers(
+    recommender: Recommender,
+    states: Sequence[UserState],
+    rankings: Sequence[Ranked],
+    bundle_count: int,
+    bundle_size: int,
+) -> list[Answer]:
+    """The final answers of a batch: every ranking explained, and every user's bundles.
+
+    Both are timed together as the `bundles` stage (attribution and assembly: what an answer costs on
+    top of retrieval).
+    """
+    with metrics.observe_stage("bundles"):
+        items = explain(recommender, states, rankings)
+        offered = bundles(recommender, states, bundle_count, bundle_size)
+    return [Answer(tuple(i), tuple(b)) for i, b in zip(items, offered, strict=True)]
 
 
 def recommendation_message(
@@ -70,11 +120,8 @@ def recommendation_message(
             "event_id": event.event_id,
             "model_version": model_version,
             "generated_at": generated_at.isoformat(),
-            "items": [
-                {"item_id": item.item_id, "score": round(item.score, 6), "reasons": list(item.reasons)}
-                for item in answer.items
-            ],
-            "bundles": list(answer.bundles),
+            "items": [item.model_dump() | {"score": round(item.score, 6)} for item in answer.items],
+            "bundles": [bundle.model_dump() for bundle in answer.bundles],
             "latency_ms": round(latency_ms, 3),
         }
     ).encode("utf-8")

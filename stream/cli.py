@@ -13,8 +13,8 @@ import typer
 from rich.console import Console
 
 from index.cli import app as index_app
-from model.complement.cli import app as bundles_app
 from model.cli import register as register_model_commands
+from model.complement.cli import app as bundles_app
 from stream.config import StreamSettings, settings_options
 
 app = typer.Typer(

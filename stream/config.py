@@ -73,6 +73,10 @@ class StreamSettings(BaseSettings):
     batch_size: int = Field(256, ge=1, description="Most events per micro-batch (one model forward each).")
     batch_linger_ms: float = Field(5.0, ge=0, description="Longest wait to fill a micro-batch.")
     top_k: int = Field(20, ge=1, le=1000, description="Items per recommendation.")
+    bundles_per_answer: int = Field(
+        3, ge=0, le=10, description="Most bundles per recommendation (users with a known item; 0: none)."
+    )
+    bundle_size: int = Field(3, ge=2, le=4, description="Items per bundle.")
     max_payload_bytes: int = Field(64 * 1024, ge=1, description="Larger input messages go to the DLQ.")
     max_id_chars: int = Field(256, ge=1, description="Longer event, user, item or session ids go to the DLQ.")
     session_max_events: int = Field(50, ge=1, description="Most recent events kept per user.")

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from stream.config import StreamSettings
-from stream.display import format_answer, load_descriptions
+from stream.display import Catalog, format_answer
 from stream.replay import event_records, load_events, produce_at_rate, read_topic
 
 
@@ -24,7 +24,7 @@ async def replay_and_show(
     answer_timeout_s: float = 120.0,
 ) -> int:
     """Replay `limit` events of `data` at `rate`/s, print each answer; return how many came back."""
-    descriptions = load_descriptions(settings.model_dir)
+    catalog = Catalog.load(settings.model_dir)
     events = load_events(data)
     events = events.head(limit) if limit else events
     run_id = secrets.token_hex(4)
@@ -44,7 +44,7 @@ async def replay_and_show(
             async for message in read_topic(settings, settings.output_topic, from_beginning=True):
                 if message["event_id"].startswith(run_id):
                     shown += 1
-                    progress.console.print(format_answer(message, descriptions))
+                    progress.console.print(format_answer(message, catalog))
                     progress.advance(answered_bar)
                     if shown == len(events):
                         return

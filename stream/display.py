@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.markup import escape
@@ -10,38 +10,57 @@ from rich.markup import escape
 from model.artifacts import resolve_version
 
 
-def load_descriptions(model_dir: Path | None) -> dict[str, str]:
-    """Item descriptions from a model artifact's catalogue; empty when there is none."""
-    if model_dir is None:
-        return {}
-    import pandas as pd
+@dataclass(frozen=True)
+class Catalog:
+    """Item names and prices from a model artifact's catalogue (empty: ids are shown as they are)."""
 
-    catalog = resolve_version(model_dir) / "catalog.parquet"
-    if not catalog.is_file():
-        return {}
-    frame = pd.read_parquet(catalog, columns=["item_id", "description"])
-    return dict(zip(frame["item_id"], frame["description"].fillna(""), strict=True))
+    names: dict[str, str] = field(default_factory=dict)
+    prices: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, model_dir: Path | None) -> Catalog:
+        if model_dir is None:
+            return cls()
+        import pandas as pd
+
+        path = resolve_version(model_dir) / "catalog.parquet"
+        if not path.is_file():
+            return cls()
+        frame = pd.read_parquet(path)
+        ids = frame["item_id"].astype(str)
+        names = frame["description"].fillna("").astype(str).str.strip().str.title()
+        prices = frame["price"] if "price" in frame else pd.Series(float("nan"), index=frame.index)
+        return cls(
+            names={item: name for item, name in zip(ids, names, strict=True) if name},
+            prices={item: float(p) for item, p in zip(ids, prices, strict=True) if p == p},
+        )
+
+    def name(self, item_id: str) -> str:
+        name = self.names.get(item_id)
+        return f"{escape(name)} [dim]({escape(item_id)})[/]" if name else escape(item_id)
+
+    def price(self, item_ids: list[str]) -> str:
+        """The items' total price, or '' when any price is unknown."""
+        if not item_ids or any(item not in self.prices for item in item_ids):
+            return ""
+        return f" [green]{sum(self.prices[item] for item in item_ids):.2f}[/]"
 
 
-def _name(item_id: str, descriptions: Mapping[str, str]) -> str:
-    description = descriptions.get(item_id)
-    return f"{escape(description.title())} [dim]({escape(item_id)})[/]" if description else escape(item_id)
-
-
-def format_answer(message: dict, descriptions: Mapping[str, str], top: int = 3) -> str:
-    """A few lines of rich markup: who, for which event, the top items with their reasons, the bundles."""
-    header = (
+def format_answer(message: dict, catalog: Catalog, top: int = 3) -> str:
+    """A few lines of rich markup: who, for which event, the top items and the bundles, each with its why."""
+    lines = [
         f"[bold]{escape(message['user_id'])}[/] [dim]event {escape(message['event_id'])} · model "
         f"{escape(message['model_version'])} · {message['latency_ms']:.1f} ms[/]"
-    )
-    lines = [header]
+    ]
     for rank, item in enumerate(message["items"][:top], start=1):
-        codes = ", ".join(reason["code"] for reason in item["reasons"])
-        explanation = f" — {escape(item['explanation'])}" if item.get("explanation") else ""
-        lines.append(f"  {rank}. {_name(item['item_id'], descriptions)} [cyan]{codes}[/]{explanation}")
+        why = _why(item["reasons"]["code"], item["explanation"])
+        lines.append(f"  {rank}. {catalog.name(item['item_id'])}{catalog.price([item['item_id']])}{why}")
     for bundle in message["bundles"]:
-        ids = [item if isinstance(item, str) else item["item_id"] for item in bundle["items"]]
-        members = " + ".join(_name(item, descriptions) for item in ids)
-        explanation = f" — {escape(bundle['explanation'])}" if bundle.get("explanation") else ""
-        lines.append(f"  [magenta]bundle[/] {members}{explanation}")
+        members = " + ".join(catalog.name(item) for item in bundle["items"])
+        why = _why(bundle["reasons"]["code"], bundle["explanation"])
+        lines.append(f"  [magenta]bundle[/] {members}{catalog.price(bundle['items'])}{why}")
     return "\n".join(lines)
+
+
+def _why(code: str, explanation: str) -> str:
+    return f"\n       [cyan]{escape(code)}[/] [italic]{escape(explanation)}[/]"

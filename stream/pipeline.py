@@ -1,9 +1,9 @@
 """One micro-batch, independent of Kafka: admit events into state, then answer them all at once.
 
 `admit` runs per message (validation, state update, stream popularity); `answer` runs once per batch
-with one model forward for the users with known items and one FAISS search, and popularity for the
-rest. The Faust agent in `stream.worker` feeds these with Kafka messages and a RocksDB-backed table;
-tests feed them with plain dicts.
+with one model forward for the users with known items and one FAISS search, popularity for the rest,
+then batched explanations and bundles (`stream.answer.compose_answers`). The Faust agent in
+`stream.worker` feeds these with Kafka messages and a RocksDB-backed table; tests feed them with dicts.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from model import Recommender
 from stream import metrics
-from stream.answer import Answer, ScoredItem, compose_answer, personalized, popular
+from stream.answer import Answer, Ranked, compose_answers, personalized, popular
 from stream.config import StreamSettings
 from stream.events import ClickEvent, Limits, Rejection, parse_event
 from stream.popularity import DecayedPopularity
@@ -33,6 +33,8 @@ class Admitted:
 class Pipeline:
     def __init__(self, settings: StreamSettings) -> None:
         self.k = settings.top_k
+        self.bundle_count = settings.bundles_per_answer
+        self.bundle_size = settings.bundle_size
         self.limits = Limits(settings.max_payload_bytes, settings.max_id_chars)
         self.state_limits = StateLimits(
             settings.session_max_events, settings.session_gap_s, settings.purchased_max
@@ -63,28 +65,29 @@ class Pipeline:
         return Admitted(parsed, state, arrived)
 
     def answer(self, recommender: Recommender, batch: Sequence[Admitted], now: float) -> list[Answer]:
-        """Answers for a batch, in order: the model for users with a known item, popularity otherwise."""
-        is_warm = [recommender.known(admitted.state.history) for admitted in batch]
+        """Answers for a batch, in order: the model for users with a known item, popularity otherwise;
+        then explanations for all and bundles for users with a known item (batched, see stream.answer)."""
+        states = [admitted.state for admitted in batch]
+        is_warm = [recommender.known(state.history) for state in states]
         warm = [i for i, known in enumerate(is_warm) if known]
         cold = [i for i, known in enumerate(is_warm) if not known]
-        items: list[tuple[ScoredItem, ...]] = [()] * len(batch)
+        rankings: list[Ranked] = [[] for _ in batch]
         if warm:
             with metrics.observe_stage("model"):
-                vectors = recommender.encode(
-                    [batch[i].state.history for i in warm], [batch[i].state.history_types for i in warm]
+                sessions = recommender.encode(
+                    [states[i].history for i in warm], [states[i].history_types for i in warm]
                 )
             with metrics.observe_stage("faiss"):
-                ranked = recommender.search(vectors, self.k, [batch[i].state.excluded for i in warm])
+                ranked = recommender.search(sessions, self.k, [states[i].excluded for i in warm])
             for i, candidates in zip(warm, ranked, strict=True):
-                items[i] = personalized(candidates, batch[i].state, self.k)
+                rankings[i] = personalized(candidates, states[i], self.k)
         if cold:
             metrics.COLD_START_ANSWERS.inc(len(cold))
-            depth = self.k + max(len(batch[i].state.excluded) for i in cold)
+            depth = self.k + max(len(states[i].excluded) for i in cold)
             sources = (
                 self.popularity.top(depth, now, recommender.vocab),
                 recommender.popular(depth),
             )
             for i in cold:
-                items[i] = popular(sources, batch[i].state.excluded, self.k)
-        with metrics.observe_stage("bundles"):
-            return [compose_answer(recommender, admitted.state, items[i]) for i, admitted in enumerate(batch)]
+                rankings[i] = popular(sources, states[i].excluded, self.k)
+        return compose_answers(recommender, states, rankings, self.bundle_count, self.bundle_size)

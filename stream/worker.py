@@ -133,7 +133,7 @@ def create_app(settings: StreamSettings) -> faust.App:
                 metrics.END_TO_END_LATENCY.observe(latency_s)
                 metrics.BUNDLES_PUBLISHED.inc(len(answer.bundles))
                 for bundle in answer.bundles:
-                    metrics.BUNDLE_SIZE.observe(len(bundle.get("items", ())))
+                    metrics.BUNDLE_SIZE.observe(len(bundle.items))
         metrics.RECOMMENDATIONS_PUBLISHED.inc(len(admitted))
         metrics.BATCH_SIZE.observe(len(events))
         for event in events:

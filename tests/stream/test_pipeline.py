@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from model import Recommender
-from stream.answer import Answer, ScoredItem, personalized, popular, recommendation_message
+from model.explain import ExplainedItem, Reasons
+from stream.answer import Answer, personalized, popular, recommendation_message
 from stream.config import StreamSettings
 from stream.events import ClickEvent, Rejection
 from stream.pipeline import Admitted, Pipeline
@@ -35,7 +36,7 @@ def admit_all(pipeline: Pipeline, states: dict, messages: list[tuple[bytes, byte
     return admitted  # type: ignore[return-value]
 
 
-def test_personalized_filters_exclusions_and_marks_repeats() -> None:
+def test_personalized_filters_bought_and_in_cart_items() -> None:
     state = UserState.from_json(
         {
             "events": [["e1", "a", "view", 1.0]],
@@ -47,17 +48,17 @@ def test_personalized_filters_exclusions_and_marks_repeats() -> None:
         }
     )
     items = personalized([("p", 0.9), ("a", 0.8), ("c", 0.7), ("x", 0.6), ("y", 0.5)], state, k=2)
-    assert [(i.item_id, i.reasons[0]["code"]) for i in items] == [("a", "repeat"), ("x", "personalized")]
+    assert items == [("a", 0.8), ("x", 0.6)]
 
 
 def test_popular_prefers_the_first_source_and_skips_excluded() -> None:
     items = popular([[("a", 5.0), ("b", 4.0)], [("b", 0.3), ("c", 0.2), ("d", 0.1)]], frozenset({"a"}), k=3)
-    assert [(i.item_id, i.score) for i in items] == [("b", 4.0), ("c", 0.2), ("d", 0.1)]
-    assert all(i.reasons == ({"code": "popular"},) for i in items)
+    assert items == [("b", 4.0), ("c", 0.2), ("d", 0.1)]
 
 
 def test_message_matches_the_schema() -> None:
-    answer = Answer((ScoredItem("a", 0.5, ({"code": "personalized"},)),))
+    reasons = Reasons(code="personalized")
+    answer = Answer((ExplainedItem(item_id="a", score=0.5, reasons=reasons, explanation="a: because of b"),))
     event = ClickEvent("e1", "u1", "a", "view", 1.0)
     body = json.loads(recommendation_message(event, "v1", answer, datetime.now(UTC), 1.25))
     jsonschema.validate(body, load_schema("recommendation"))
@@ -79,7 +80,7 @@ def test_later_answers_reflect_earlier_events(recommender: Recommender) -> None:
     assert [len(a.items) for a in answers] == [10, 10, 10]
     assert answers[0].items != answers[2].items
     assert items[2] not in {i.item_id for i in answers[2].items}  # purchased: never recommended again
-    assert all(i.reasons[0]["code"] in ("personalized", "repeat") for a in answers for i in a.items)
+    assert all(i.reasons.code in ("personalized", "repeat", "cold_start") for a in answers for i in a.items)
 
 
 def test_purchased_items_are_excluded_even_when_the_model_ranks_them_first(recommender: Recommender) -> None:
@@ -102,7 +103,8 @@ def test_cold_users_get_stream_popularity_then_training_popularity(recommender: 
     assert answer.items[0].item_id == trending
     assert len(answer.items) == 5
     assert {i.item_id for i in answer.items[1:]} <= {item for item, _ in recommender.popular(6)}
-    assert all(i.reasons == ({"code": "popular"},) for i in answer.items)
+    assert all(i.reasons.code == "popular" and not i.reasons.drivers for i in answer.items)
+    assert answer.bundles == ()
 
 
 def test_redelivered_event_is_answered_again_without_changing_state(recommender: Recommender) -> None:
@@ -112,3 +114,46 @@ def test_redelivered_event_is_answered_again_without_changing_state(recommender:
     first = admit_all(pipeline, states, [message(1, "u1", item)])[0]
     again = admit_all(pipeline, states, [message(1, "u1", item)])[0]
     assert again.event.event_id == first.event.event_id and again.state == first.state
+
+
+def test_warm_answers_carry_explained_bundles_and_cold_answers_none(recommender: Recommender) -> None:
+    pipeline = Pipeline(StreamSettings(top_k=10, bundles_per_answer=3, bundle_size=3))
+    states: dict[bytes, dict] = {}
+    items = recommender.vocab.item_ids
+    bought = items[5]
+    warm = admit_all(
+        pipeline,
+        states,
+        [
+            message(1, "u1", items[0]),
+            message(2, "u1", items[1], "add_to_cart"),
+            message(3, "u1", bought, "purchase"),
+            message(4, "u2", items[7]),
+        ],
+    )
+    cold = admit_all(pipeline, states, [message(5, "newcomer", "never-seen-item")])
+    batch = [warm[2], warm[3], cold[0]]
+    answers = pipeline.answer(recommender, batch, now=100.0)
+
+    schema = load_schema("recommendation")
+    for admitted, answer in zip(batch, answers, strict=True):
+        body = recommendation_message(admitted.event, "v1", answer, datetime.now(UTC), 1.0)
+        jsonschema.validate(json.loads(body), schema)
+    u1, u2, newcomer = answers
+    for answer, history in ((u1, {items[0], items[1], bought}), (u2, {items[7]})):
+        assert 1 <= len(answer.bundles) <= 3
+        assert all(len(b.items) == 3 and len(set(b.items)) == 3 for b in answer.bundles)
+        assert all(b.explanation and b.reasons.code in ("complement", "cold_start") for b in answer.bundles)
+        # Items are explained by this user's own events.
+        drivers = {d.item_id for i in answer.items for d in i.reasons.drivers}
+        assert drivers and drivers <= history
+    assert all(bought not in b.items for b in u1.bundles)  # purchased: never offered again
+    assert u1.bundles[0].anchor == items[1]  # the cart anchors the first bundle
+    assert newcomer.bundles == () and {i.reasons.code for i in newcomer.items} == {"popular"}
+    assert all(i.explanation for a in answers for i in a.items)
+
+
+def test_no_bundles_when_turned_off(recommender: Recommender) -> None:
+    pipeline = Pipeline(StreamSettings(bundles_per_answer=0))
+    admitted = admit_all(pipeline, {}, [message(1, "u1", recommender.vocab.item_ids[0])])
+    assert pipeline.answer(recommender, admitted, now=100.0)[0].bundles == ()

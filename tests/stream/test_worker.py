@@ -182,8 +182,15 @@ def test_every_valid_event_is_answered_once_and_every_malformed_one_dead_lettere
     by_event = {r["event_id"]: r for r in answers}
     assert items[1] not in {i["item_id"] for i in by_event["e119"]["items"]}
     # A user whose history holds known items is answered by the model even for an unknown item.
-    assert by_event["e7"]["items"][0]["reasons"][0]["code"] in ("personalized", "repeat")
+    assert by_event["e7"]["items"][0]["reasons"]["code"] in ("personalized", "repeat")
     assert by_event["e0"]["items"] != by_event["e6"]["items"]  # same user, longer history, new answer
+    # Bundles for every answer once the user has a known item; none before (e0: a new user, unknown item).
+    has_known: set[str] = set()
+    for n in range(120):
+        user = users[n % 6]
+        if n % 7 or n == 119:
+            has_known.add(user)
+        assert bool(by_event[f"e{n}"]["bundles"]) == (user in has_known), by_event[f"e{n}"]
 
 
 def test_recovery_after_a_crash_and_onto_an_empty_state_dir(
@@ -227,7 +234,7 @@ def test_recovery_after_a_crash_and_onto_an_empty_state_dir(
     last = {r["event_id"]: r for r in records["recommendations"]}
     for u in range(4):
         answer = last[f"e{500 + u}"]
-        assert answer["items"][0]["reasons"][0]["code"] in ("personalized", "repeat"), answer
+        assert answer["items"][0]["reasons"]["code"] in ("personalized", "repeat"), answer
         assert items[30 + u] not in {i["item_id"] for i in answer["items"]}
 
 
