@@ -25,7 +25,7 @@ from model.complement.evaluate import (
     evaluate_completion,
 )
 from model.complement.model import ComplementModel
-from model.data import default_data_path, load_online_retail
+from model.data import load_dataset
 from model.explain import leave_one_out
 from model.neardup import ProductKinds
 from model.recommender import Recommender
@@ -74,7 +74,10 @@ def evaluate(
     ] = None,
     split: Annotated[
         Split,
-        typer.Option(help="valid: fit on older training baskets, score the latest; test: the test weeks"),
+        typer.Option(
+            help="valid: fit on older training baskets, score the latest; "
+            "test: fit on everything before the test weeks, score them"
+        ),
     ] = Split.test,
     model_dir: Annotated[
         Path | None,
@@ -86,7 +89,9 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout")] = False,
 ) -> None:
     """Basket completion (model vs popularity vs co-purchase counts), bundle quality and faithfulness."""
-    dataset = load_online_retail(data or default_data_path("online-retail"))
+    # Test: every method is fitted on all baskets before the test weeks (validation weeks folded back in,
+    # as the main model is refit); valid: on the training period only, its latest baskets held out.
+    dataset = load_dataset("online-retail", data, holdout_validation=split is Split.valid)
     if split is Split.valid:
         cut = len(dataset.baskets) - int(len(dataset.baskets) * VALID_FRACTION)
         fit_baskets, held_out = dataset.baskets[:cut], dataset.baskets[cut:]
