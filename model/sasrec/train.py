@@ -113,20 +113,28 @@ def training_batches(
 def candidates(
     targets: torch.Tensor, inputs: torch.Tensor, config: TrainConfig, item_share: torch.Tensor
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Items the softmax runs over this step and the log of each one's expected count in the sample (for
-    the logQ correction); (None, None) means a full softmax.
+    """Items the softmax runs over this step and the log-probability that each one is in that sample
+    (for the logQ correction); (None, None) means a full softmax.
 
     The sample is the batch's targets, its input items (their repeat bonus must meet the softmax) and
-    shared uniform negatives.
+    shared uniform negatives. Input items are always in it (probability 1) while any other item is there
+    only by chance, so without the correction the model would learn that seen items compete far more
+    often than they do in the full softmax it is evaluated with.
     """
     n_items = len(item_share)
     if not 0 < config.negatives < n_items:
         return None, None
     real_targets = targets[targets >= 0]
+    seen = inputs[inputs != PAD] - 1
     negatives = torch.randint(0, n_items, (config.negatives,), device=targets.device)
-    picked = torch.unique(torch.cat([real_targets, inputs[inputs != PAD] - 1, negatives]))
-    expected = len(real_targets) * item_share[picked] + config.negatives / n_items
-    return picked, expected.log()
+    picked = torch.unique(torch.cat([real_targets, seen, negatives]))
+    # P(item in sample) = 1 - P(missed by every target draw) * P(missed by every uniform draw)
+    log_missed = len(real_targets) * torch.log1p(-item_share[picked].clamp(max=1 - 1e-6)) + (
+        config.negatives * np.log1p(-1 / n_items)
+    )
+    log_q = torch.log(-torch.expm1(log_missed))
+    log_q[torch.isin(picked, seen)] = 0.0
+    return picked, log_q
 
 
 @torch.no_grad()
