@@ -70,6 +70,12 @@ class StreamSettings(BaseSettings):
     metrics_port: int = Field(
         9108, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0: off)."
     )
+    compute_threads: int = Field(
+        1,
+        ge=1,
+        description="Threads for the model (torch) and FAISS (OpenMP). 1 suits small batches: more spin-wait "
+        "and fight the event loop for the cores.",
+    )
     batch_size: int = Field(256, ge=1, description="Most events per micro-batch (one model forward each).")
     batch_linger_ms: float = Field(5.0, ge=0, description="Longest wait to fill a micro-batch.")
     top_k: int = Field(20, ge=1, le=1000, description="Items per recommendation.")

@@ -12,9 +12,10 @@ import logging
 import signal
 import time
 import weakref
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, MutableMapping, Sequence
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
+from typing import Any
 
 import faust
 from faust.streams import _current_event
@@ -47,6 +48,51 @@ def event_context(event: EventT) -> Iterator[None]:
         yield
     finally:
         _current_event.reset(token)
+
+
+class BatchStates(MutableMapping[bytes, Any]):
+    """The session table as one micro-batch sees it: read through, written back once per user.
+
+    A user with several events in a batch is decoded from RocksDB once and written (RocksDB and
+    changelog) once, with their last state, under their last event's partition. Nothing is committed
+    before the batch is written back, so at-least-once delivery is unchanged.
+    """
+
+    def __init__(self, table: MutableMapping[bytes, Any]) -> None:
+        self.table = table
+        self.pending: dict[bytes, tuple[Any, EventT]] = {}
+        self.event: EventT | None = None  # the event being admitted (set by the caller)
+
+    def __getitem__(self, key: bytes) -> Any:
+        if key in self.pending:
+            return self.pending[key][0]
+        return self.table[key]
+
+    def __setitem__(self, key: bytes, value: Any) -> None:
+        if self.event is None:
+            raise RuntimeError("BatchStates.event must name the event being admitted")
+        self.pending[key] = (value, self.event)
+
+    def __delitem__(self, key: bytes) -> None:
+        raise TypeError("sessions are deleted by expiry, never within a batch")
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.table)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def get(self, key: bytes, default: Any = None) -> Any:
+        if key in self.pending:
+            return self.pending[key][0]
+        with event_context(self.event) if self.event is not None else nullcontext():
+            return self.table.get(key, default)
+
+    def write_back(self) -> None:
+        for key, (value, event) in self.pending.items():
+            with event_context(event):
+                self.table[key] = value
+        self.pending.clear()
 
 
 def _credentials(settings: StreamSettings) -> faust.types.auth.CredentialsT | None:
@@ -99,13 +145,12 @@ def create_app(settings: StreamSettings) -> faust.App:
         now, started = time.time(), time.monotonic()
         admitted: list[Admitted] = []
         letters: list[tuple[bytes | None, bytes]] = []
+        states = BatchStates(sessions)
         with metrics.observe_stage("state"):
             for event in events:
                 message = event.message
-                with event_context(event):
-                    outcome = pipeline.admit(
-                        message.key, message.value, sessions, message.time_in or started, now
-                    )
+                states.event = event
+                outcome = pipeline.admit(message.key, message.value, states, message.time_in or started, now)
                 if isinstance(outcome, Rejection):
                     source_position = (message.topic, message.partition, message.offset)
                     letters.append(
@@ -118,6 +163,7 @@ def create_app(settings: StreamSettings) -> faust.App:
                     )
                 else:
                     admitted.append(outcome)
+            states.write_back()
         recommender = models.current  # one version answers the whole batch
         answers = pipeline.answer(recommender, admitted, now) if admitted else []
         with metrics.observe_stage("publish"):
@@ -188,6 +234,11 @@ def create_app(settings: StreamSettings) -> faust.App:
 
 def run_worker(settings: StreamSettings, log_level: str = "warning") -> None:
     """Run a worker until SIGINT/SIGTERM; Faust then commits what was answered and closes cleanly."""
+    import faiss
+    import torch
+
+    torch.set_num_threads(settings.compute_threads)
+    faiss.omp_set_num_threads(settings.compute_threads)
     app = create_app(settings)
     if settings.metrics_port:
         metrics.start_metrics_server(settings.metrics_port)
