@@ -33,9 +33,9 @@ class SASRecConfig:
     n_layers: int = 2
     n_heads: int = 2
     dropout: float = 0.25
-    temperature: float = (
-        0.07  # scores are cosine / temperature: normalised vectors train better on sparse data
-    )
+    # Scores are cosine / temperature: normalised vectors train better on sparse data.
+    temperature: float = 0.07
+    repeat_scale: float = 1.0  # weight of the repeat bonus when serving; calibrated on validation
 
     def to_dict(self) -> dict[str, int | float]:
         return asdict(self)
@@ -133,7 +133,7 @@ class SASRec(nn.Module):
         length = items.shape[1]
         distance = (length - 1 - torch.arange(length, device=items.device)).expand_as(items)
         state = hidden[:, None, :].expand(-1, length, -1)
-        bonus = self.repeat_bonus(state, types, distance) * (items != PAD)
+        bonus = self.repeat_bonus(state, types, distance) * (items != PAD) * self.config.repeat_scale
         return self.session_vectors(hidden), bonus
 
     def loss(
