@@ -158,3 +158,25 @@ def test_cooccurrence_init_places_items_of_the_same_sessions_together() -> None:
     within = similarity[0, 1]
     across = similarity[0, 4]
     assert within > across + 0.5
+
+
+def test_repeat_scale_is_calibrated_to_the_best_validation_weight() -> None:
+    """Shoppers who go back and forth between two items: the serving weight must favour repeats."""
+    from model.data import Case
+    from model.sasrec.train import REPEAT_SCALES, calibrate_repeat_scale
+
+    pairs = [(f"a{i}", f"b{i}") for i in range(12)]
+    sessions = [views([a, b, a, b, a, b]) for a, b in pairs for _ in range(4)]
+    vocab = ItemVocab.from_sequences(s.items for s in sessions)
+    valid = [Case((a, b), ("view", "view"), a) for a, b in pairs]
+    model, _ = train(
+        sessions,
+        valid,
+        vocab,
+        SASRecConfig(n_items=len(vocab), max_len=6, dim=8, n_heads=1, n_layers=1, dropout=0.0),
+        TrainConfig(epochs=2, batch_size=16, negatives=0, patience=2),
+    )
+    results = calibrate_repeat_scale(model, valid, vocab, torch.device("cpu"))
+    assert set(results) == set(REPEAT_SCALES)
+    best = max(results, key=lambda s: results[s]["hr@20"] + results[s]["mrr@20"])
+    assert model.config.repeat_scale == best
