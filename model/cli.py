@@ -85,8 +85,10 @@ def train(
         patience=patience,
         seed=seed,
         device=device,
+        threads=threads,
     )
-    version_dir = train_artifact(ds, out, model_config, config)
+    full = load_dataset(dataset.value, data, holdout_validation=False) if refit else None
+    version_dir = train_artifact(ds, out, model_config, config, refit_on=full)
     console.print(f"published [bold]{version_dir}[/]")
 
 
