@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 from model.complement.model import ComplementModel
 from model.explain import Driver, Evidence, Reasons, describe, drivers_from, leave_one_out
-from model.neardup import ProductKinds
+from model.neardup import NearDuplicateIndex, ProductKinds
 from model.sasrec.encode import EncodedSessions
 
 if TYPE_CHECKING:
@@ -55,6 +55,64 @@ class Assembled:
     score: float
 
 
+@dataclass(frozen=True)
+class ItemSpace:
+    """What assembly needs about items, as arrays over the complement model's rows.
+
+    Built once per artifact (`context_for`), so that assembling a bundle is a few array operations on
+    its candidate pool rather than a Python loop over candidate pairs.
+    """
+
+    complements: ComplementModel
+    kinds: ProductKinds
+    near: NearDuplicateIndex
+    id_rank: np.ndarray  # each row's place in item-id order: ties go to the smallest id
+    prices: Mapping[str, float]
+    row_prices: np.ndarray  # as prices.get(item, 0.0)
+    catalogue: Collection[str] | None
+    listed: np.ndarray  # in the catalogue (all rows when there is none)
+
+
+_NEAR: WeakKeyDictionary[ComplementModel, WeakKeyDictionary[ProductKinds, NearDuplicateIndex]] = (
+    WeakKeyDictionary()
+)
+
+
+def item_space(
+    complements: ComplementModel,
+    kinds: ProductKinds,
+    prices: Mapping[str, float],
+    catalogue: Collection[str] | None,
+) -> ItemSpace:
+    """The arrays of one (complement model, catalogue); the near-duplicate index is shared across calls."""
+    by_kinds = _NEAR.setdefault(complements, WeakKeyDictionary())
+    if kinds not in by_kinds:
+        by_kinds[kinds] = NearDuplicateIndex(kinds, complements.vocab.item_ids)
+    ids = complements.vocab.item_ids
+    id_rank = np.empty(len(ids), dtype=np.int64)
+    id_rank[sorted(range(len(ids)), key=ids.__getitem__)] = np.arange(len(ids))
+    return ItemSpace(
+        complements=complements,
+        kinds=kinds,
+        near=by_kinds[kinds],
+        id_rank=id_rank,
+        prices=prices,
+        row_prices=np.array([prices.get(item, 0.0) for item in ids], dtype=np.float64),
+        catalogue=catalogue,
+        listed=np.ones(len(ids), dtype=bool)
+        if catalogue is None
+        else np.array([item in catalogue for item in ids], dtype=bool),
+    )
+
+
+@dataclass(frozen=True)
+class Relevance:
+    """One user's relevance of items: by id (for anchors and members) and by complement row (pools)."""
+
+    of_item: Callable[[str], float]
+    of_rows: Callable[[np.ndarray], np.ndarray]
+
+
 def assemble(
     anchors: Sequence[str],
     complements: ComplementModel,
@@ -68,17 +126,34 @@ def assemble(
     catalogue: Collection[str] | None = None,
 ) -> list[Assembled]:
     """Up to n bundles of `size` items (2-4), one per anchor, from a ranked list of anchors (pure)."""
+    ids = complements.vocab.item_ids
+    by_rows = Relevance(
+        relevance, lambda rows: np.array([relevance(ids[row]) for row in rows], dtype=np.float64)
+    )
+    space = item_space(complements, kinds, prices, catalogue)
+    return assemble_in(space, anchors, by_rows, n, size, budget, exclude)
+
+
+def assemble_in(
+    space: ItemSpace,
+    anchors: Sequence[str],
+    relevance: Relevance,
+    n: int,
+    size: int,
+    budget: float | None,
+    exclude: Collection[str],
+) -> list[Assembled]:
+    """`assemble` over a prepared item space (what the stream uses, with the space built once)."""
     if not MIN_SIZE <= size <= MAX_SIZE:
         raise ValueError(f"bundle size must be between {MIN_SIZE} and {MAX_SIZE}, got {size}")
     excluded = set(exclude)
+    excluded_rows = np.unique(np.array(space.complements.vocab.encode(excluded), dtype=np.int64))
     bundles: list[Assembled] = []
     seen: set[frozenset[str]] = set()
     for anchor in dict.fromkeys(anchors):
         if len(bundles) == n:
             break
-        bundle = _assemble_one(
-            anchor, complements, kinds, relevance, prices, size, budget, excluded, catalogue
-        )
+        bundle = _assemble_one(anchor, space, relevance, size, budget, excluded, excluded_rows)
         if bundle is not None and frozenset(bundle.items) not in seen:
             seen.add(frozenset(bundle.items))
             bundles.append(bundle)
@@ -87,76 +162,88 @@ def assemble(
 
 def _assemble_one(
     anchor: str,
-    complements: ComplementModel,
-    kinds: ProductKinds,
-    relevance: Callable[[str], float],
-    prices: Mapping[str, float],
+    space: ItemSpace,
+    relevance: Relevance,
     size: int,
     budget: float | None,
     excluded: set[str],
-    catalogue: Collection[str] | None,
+    excluded_rows: np.ndarray,
 ) -> Assembled | None:
-    def allowed(item: str) -> bool:
-        return item not in excluded and (catalogue is None or item in catalogue)
-
-    members = [anchor] if allowed(anchor) else []
-    spent = sum(prices.get(item, 0.0) for item in members)
+    """One greedy bundle; every candidate of the pool is scored at once, in item-id order."""
+    complements, near = space.complements, space.near
+    allowed = anchor not in excluded and (space.catalogue is None or anchor in space.catalogue)
+    members = [anchor] if allowed else []
+    spent = sum(space.prices.get(item, 0.0) for item in members)
     if budget is not None and spent > budget:
         return None
-    pool = [item for item, _ in complements.complete([anchor], k=CANDIDATES_PER_ANCHOR) if allowed(item)]
-    pool = [item for item in pool if not kinds.are_near_duplicates(anchor, item)]
-    relevance_scaled = _unit_scale({item: relevance(item) for item in pool})
-    context = [anchor]
+    anchor_row = complements.vocab.get(anchor)
+    pool, _ = complements.complete_rows([] if anchor_row is None else [anchor_row], CANDIDATES_PER_ANCHOR)
+    keep = (
+        space.listed[pool]
+        & ~_in_sorted(pool, excluded_rows)
+        & ~_in_sorted(pool, near.near_duplicates(anchor))
+    )
+    pool = pool[keep]
+    pool = pool[np.argsort(space.id_rank[pool])]
+    relevance_scaled = _unit_scale(relevance.of_rows(pool))
+    pool_kinds, pool_prices = near.kind_ids[pool], space.row_prices[pool]
+    fit_sum = np.zeros(len(pool)) if anchor_row is None else complements.strength(anchor_row, pool)
+    context_size = 1
+    remaining = np.ones(len(pool), dtype=bool)
+    duplicate = np.zeros(len(pool), dtype=bool)  # a near-duplicate of a member chosen so far
     pair_fit: list[float] = []
-    while len(members) < size and pool:
-        fits = {item: np.mean([_fit(complements, m, item) for m in context]) for item in pool}
-        fit_scaled = _unit_scale(fits)
-        single_kind = len({kinds.kind(m) for m in members}) <= 1 and len(members) == size - 1
-        best, best_value = None, -np.inf
-        for item in sorted(pool):
-            if kinds.conflicts(item, members):
-                continue
-            if budget is not None and spent + prices.get(item, 0.0) > budget:
-                continue
-            if single_kind and members and kinds.kind(item) == kinds.kind(members[0]):
-                continue
-            value = (1 - RELEVANCE_WEIGHT) * fit_scaled[item] + RELEVANCE_WEIGHT * relevance_scaled[item]
-            if value > best_value:
-                best, best_value = item, value
-        if best is None:
+    while len(members) < size and remaining.any():
+        fits = fit_sum / context_size
+        eligible = remaining & ~duplicate
+        if budget is not None:
+            eligible &= ~(spent + pool_prices > budget)
+        single_kind = len({space.kinds.kind(m) for m in members}) <= 1 and len(members) == size - 1
+        if single_kind and members:
+            eligible &= pool_kinds != near.kind_id(members[0])
+        if not eligible.any():
             break
-        members.append(best)
-        context.append(best)
+        fit_scaled = _unit_scale(fits, over=remaining)
+        value = (1 - RELEVANCE_WEIGHT) * fit_scaled + RELEVANCE_WEIGHT * relevance_scaled
+        best = int(np.argmax(np.where(eligible, value, -np.inf)))
+        row = int(pool[best])
+        item = complements.vocab.item_ids[row]
+        members.append(item)
         pair_fit.append(float(fits[best]))
-        spent += prices.get(best, 0.0)
-        pool.remove(best)
+        spent += space.prices.get(item, 0.0)
+        remaining[best] = False
+        duplicate |= _in_sorted(pool, near.near_duplicates(item))
+        fit_sum += complements.strength(row, pool)
+        context_size += 1
     if len(members) < MIN_SIZE:
         return None
-    user_fit = float(np.mean([relevance(m) for m in members]))
+    user_fit = float(np.mean([relevance.of_item(m) for m in members]))
     return Assembled(anchor, tuple(members), float(np.mean(pair_fit)) + RELEVANCE_WEIGHT * user_fit)
 
 
-def _fit(complements: ComplementModel, a: str, b: str) -> float:
-    """Symmetric complement strength: either item may be the one that makes the other worth buying."""
-    return max(complements.pair_score(a, b), complements.pair_score(b, a))
+def _in_sorted(rows: np.ndarray, sorted_rows: np.ndarray) -> np.ndarray:
+    """Which of `rows` are in `sorted_rows` (np.isin for a few dozen rows, without its setup cost)."""
+    if len(sorted_rows) == 0:
+        return np.zeros(len(rows), dtype=bool)
+    found = np.searchsorted(sorted_rows, rows).clip(max=len(sorted_rows) - 1)
+    return sorted_rows[found] == rows
 
 
-def _unit_scale(values: Mapping[str, float]) -> dict[str, float]:
-    if not values:
-        return {}
-    low, high = min(values.values()), max(values.values())
+def _unit_scale(values: np.ndarray, over: np.ndarray | None = None) -> np.ndarray:
+    """Values scaled to [0, 1] by the min and max of the entries `over` selects (all by default)."""
+    selected = values if over is None else values[over]
+    if len(selected) == 0:
+        return np.zeros(len(values))
+    low, high = selected.min(), selected.max()
     span = high - low
-    return {item: (value - low) / span if span > 0 else 0.0 for item, value in values.items()}
+    return (values - low) / span if span > 0 else np.zeros(len(values))
 
 
 @dataclass(frozen=True)
 class BundleContext:
     """What bundle assembly needs from an artifact, built once per loaded Recommender."""
 
-    complements: ComplementModel
-    kinds: ProductKinds
-    prices: dict[str, float]
-    catalogue: frozenset[str] | None
+    space: ItemSpace
+    session_rows: np.ndarray  # each complement row's row in the session model (-1: unknown to it)
 
 
 _CONTEXTS: WeakKeyDictionary[Recommender, BundleContext] = WeakKeyDictionary()
@@ -174,11 +261,15 @@ def context_for(rec: Recommender) -> BundleContext:
             if catalog is None
             else dict(zip(catalog["item_id"].astype(str), catalog["price"], strict=True))
         )
+        space = item_space(
+            rec.complements,
+            ProductKinds.from_catalog(catalog),
+            {item: float(price) for item, price in prices.items() if price == price},
+            None if catalog is None else frozenset(catalog["item_id"].astype(str)),
+        )
+        session_rows = [rec.vocab.get(item) for item in rec.complements.vocab.item_ids]
         _CONTEXTS[rec] = BundleContext(
-            complements=rec.complements,
-            kinds=ProductKinds.from_catalog(catalog),
-            prices={item: float(price) for item, price in prices.items() if price == price},
-            catalogue=None if catalog is None else frozenset(catalog["item_id"].astype(str)),
+            space, np.array([-1 if row is None else row for row in session_rows], dtype=np.int64)
         )
     return _CONTEXTS[rec]
 
@@ -196,6 +287,7 @@ def bundles_batch(
     """Explained bundles for a micro-batch of users: one encode for relevance, one for attribution.
 
     A user with no known item (in history or cart) gets no bundles: there is nothing to anchor them on.
+    Attribution runs only for the users with a bundle anchored on a model pick (`explain_bundle`).
     """
     context = context_for(rec)
     histories = [list(history) for history in histories]
@@ -214,25 +306,26 @@ def bundles_batch(
             continue
         current = [history[-1]] if history and history[-1] in rec.vocab else []
         anchors = [*known_cart, *current, *(item for item, _ in ranked)]
-        assembled.append(
-            assemble(
-                anchors,
-                context.complements,
-                context.kinds,
-                _session_scores(rec, sessions[row : row + 1]),
-                context.prices,
-                n=n,
-                size=size,
-                budget=budget,
-                exclude=set(excluded),
-                catalogue=context.catalogue,
-            )
-        )
-    anchor_drops = leave_one_out(rec, histories, all_types, [[b.anchor for b in user] for user in assembled])
+        relevance = _session_relevance(rec, context, sessions[row : row + 1])
+        assembled.append(assemble_in(context.space, anchors, relevance, n, size, budget, excluded))
+    attributed = [
+        i
+        for i, user in enumerate(assembled)
+        if any(_needs_attribution(b, histories[i], carts[i]) for b in user)
+    ]
+    drops = leave_one_out(
+        rec,
+        [histories[i] for i in attributed],
+        [all_types[i] for i in attributed],
+        [[b.anchor for b in assembled[i]] for i in attributed],
+    )
+    anchor_drops = [[[] for _ in user] for user in assembled]
+    for i, user_drops in zip(attributed, drops, strict=True):
+        anchor_drops[i] = user_drops
     return [
         [
-            explain_bundle(rec, context, bundle, history, event_types, cart, drops)
-            for bundle, drops in zip(user, user_drops, strict=True)
+            explain_bundle(rec, context, bundle, history, event_types, cart, bundle_drops)
+            for bundle, bundle_drops in zip(user, user_drops, strict=True)
         ]
         for user, user_drops, history, event_types, cart in zip(
             assembled, anchor_drops, histories, all_types, carts, strict=True
@@ -240,15 +333,22 @@ def bundles_batch(
     ]
 
 
-def _session_scores(rec: Recommender, session: EncodedSessions) -> Callable[[str], float]:
+def _needs_attribution(bundle: Assembled, history: Sequence[str], cart: Sequence[str]) -> bool:
+    """A bundle anchored on the cart or the current item names that event; others need leave-one-out."""
+    return bundle.anchor not in cart and not (history and bundle.anchor == history[-1])
+
+
+def _session_relevance(rec: Recommender, context: BundleContext, session: EncodedSessions) -> Relevance:
     """This user's full model score of an item (0 for items the session model does not know)."""
     scores = session.scores(rec.item_vectors)[0]
+    known = context.session_rows >= 0
+    by_row = np.where(known, scores[np.where(known, context.session_rows, 0)], 0.0).astype(np.float64)
 
     def score(item: str) -> float:
         row = rec.vocab.get(item)
         return 0.0 if row is None else float(scores[row])
 
-    return score
+    return Relevance(score, by_row.__getitem__)
 
 
 def explain_bundle(
@@ -270,7 +370,7 @@ def explain_bundle(
     evidence = []
     for item in bundle.items:
         if item != bundle.anchor:
-            together, lift = context.complements.evidence(bundle.anchor, item)
+            together, lift = context.space.complements.evidence(bundle.anchor, item)
             evidence.append(
                 Evidence(item_id=item, with_item=bundle.anchor, pair_baskets=together, lift=round(lift, 3))
             )

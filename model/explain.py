@@ -26,6 +26,8 @@ from weakref import WeakKeyDictionary
 import numpy as np
 from pydantic import BaseModel, Field
 
+from model.sasrec.encode import EncodedSessions, encode_history, encode_sessions
+
 if TYPE_CHECKING:
     from model.recommender import Recommender
 
@@ -91,34 +93,36 @@ def leave_one_out(
     """Per history and recommended item: (position, score drop) of each attributed event, largest first.
 
     Positions index the history; only the last ATTRIBUTION_WINDOW events are attributed. One batched
-    encode covers every history and all its leave-one-out variants.
+    forward covers every history and all its leave-one-out variants; each history is mapped to model
+    inputs once (a variant is its input minus one event), and identical inputs (a repeated event, or
+    two users with one history) are encoded once.
     """
-    variants: list[list[str]] = []
-    variant_types: list[list[str]] = []
-    spans: list[tuple[int, list[int]]] = []
+    inputs: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}  # distinct model input -> its row
+
+    def row_of(indices: list[int], type_ids: list[int]) -> int:
+        return inputs.setdefault((tuple(indices), tuple(type_ids)), len(inputs))
+
+    plans: list[tuple[list[int], list[int]]] = []  # per history: attributed positions, rows (full first)
     for row, history in enumerate(histories):
-        event_types = list(types[row]) if types is not None else ["view"] * len(history)
-        positions = [
-            p
-            for p in range(max(0, len(history) - ATTRIBUTION_WINDOW), len(history))
-            if history[p] in rec.vocab
-        ]
-        spans.append((len(variants), positions))
-        variants.append(list(history))
-        variant_types.append(event_types)
-        for p in positions:
-            variants.append([*history[:p], *history[p + 1 :]])
-            variant_types.append([*event_types[:p], *event_types[p + 1 :]])
-    sessions = rec.encode(variants, variant_types)
+        indices, type_ids = encode_history(history, types[row] if types is not None else None, rec.vocab)
+        known = [p for p, item in enumerate(history) if item in rec.vocab]  # aligned with `indices`
+        window = [j for j, p in enumerate(known) if p >= len(history) - ATTRIBUTION_WINDOW]
+        rows = [row_of(indices, type_ids)]
+        rows += [row_of(indices[:j] + indices[j + 1 :], type_ids[:j] + type_ids[j + 1 :]) for j in window]
+        plans.append(([known[j] for j in window], rows))
+    distinct = list(inputs)
+    sessions = encode_sessions(rec.model, distinct, next(rec.model.parameters()).device)
+    sessions.vectors[[not indices for indices, _ in distinct]] = 0.0  # as `Recommender.encode`
     drops: list[list[list[tuple[int, float]]]] = []
-    for (start, positions), row_items in zip(spans, items, strict=True):
-        rows = [rec.vocab.get(item) for item in row_items]
-        known = np.array([r if r is not None else 0 for r in rows], dtype=np.int64)
+    for (positions, rows), row_items in zip(plans, items, strict=True):
+        item_rows = [rec.vocab.get(item) for item in row_items]
+        known_rows = np.array([r if r is not None else 0 for r in item_rows], dtype=np.int64)
+        variants = EncodedSessions(sessions.vectors[rows], [sessions.repeats[r] for r in rows])
         # Full model scores (repeat bonus included), so dropping an item also drops its repeat bonus.
-        scores = sessions[start : start + 1 + len(positions)].scores(rec.item_vectors, known)  # (1 + P, I)
+        scores = variants.scores(rec.item_vectors, known_rows)  # (1 + P, I)
         per_item = []
-        for column, row_index in enumerate(rows):
-            if row_index is None or not positions:
+        for column, item_row in enumerate(item_rows):
+            if item_row is None or not positions:
                 per_item.append([])
                 continue
             drop = scores[0, column] - scores[1:, column]
@@ -155,7 +159,6 @@ def explain_items(
     histories = [list(history) for history in histories]
     all_types = [list(t) for t in types] if types is not None else [["view"] * len(h) for h in histories]
     drops = leave_one_out(rec, histories, all_types, [[item for item, _ in recs] for recs in recommendations])
-    interactions = {item: int(count) for item, count in zip(rec.vocab.item_ids, rec.popularity, strict=True)}
     answers = []
     for history, event_types, recs, item_drops in zip(
         histories, all_types, recommendations, drops, strict=True
@@ -169,7 +172,7 @@ def explain_items(
                 code = "popular"
             elif item in history:
                 code = "repeat"
-            elif interactions.get(item, 0) < COLD_INTERACTIONS:
+            elif _interactions(rec, item) < COLD_INTERACTIONS:
                 code = "cold_start"
             else:
                 code = "personalized"
@@ -181,6 +184,12 @@ def explain_items(
             )
         answers.append(answer)
     return answers
+
+
+def _interactions(rec: Recommender, item: str) -> int:
+    """Training interactions of an item (0 for one the model never saw)."""
+    row = rec.vocab.get(item)
+    return 0 if row is None else int(rec.popularity[row])
 
 
 def item_line(rec: Recommender, item: str, reasons: Reasons) -> str:

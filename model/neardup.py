@@ -20,10 +20,11 @@ position is the product, the rest is the design. Its *kind* is the head noun of 
 from __future__ import annotations
 
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from itertools import combinations
 
+import numpy as np
 import pandas as pd
 
 COLOURS = frozenset(
@@ -174,3 +175,47 @@ class ProductKinds:
 
     def near_duplicate_pairs(self, items: Sequence[str]) -> list[tuple[str, str]]:
         return [(a, b) for a, b in combinations(items, 2) if self.are_near_duplicates(a, b)]
+
+
+class NearDuplicateIndex:
+    """`ProductKinds` over a fixed list of item ids (a vocabulary), as integer arrays for vectorised checks.
+
+    Bundle assembly tests whole candidate pools against each member; answering "which rows are
+    near-duplicates of this item" once per item (then cached) turns those pairwise checks into one `isin`.
+    """
+
+    def __init__(self, kinds: ProductKinds, item_ids: Sequence[str]) -> None:
+        self.kinds = kinds
+        self.item_ids = list(item_ids)
+        self._listed = frozenset(self.item_ids)
+        kind_names = [kinds.kind(item) for item in self.item_ids]
+        self._kind_codes = {name: code for code, name in enumerate(dict.fromkeys(kind_names))}
+        self.kind_ids = np.array([self._kind_codes[name] for name in kind_names], dtype=np.int64)
+        self._by_base: defaultdict[str, list[int]] = defaultdict(list)
+        self._by_word: defaultdict[str, list[int]] = defaultdict(list)
+        for row, item in enumerate(self.item_ids):
+            self._by_base[base_code(item)].append(row)
+            for word in kinds.content.get(item, ()):
+                self._by_word[word].append(row)
+        self._near: dict[str, np.ndarray] = {}
+
+    def kind_id(self, item_id: str) -> int:
+        """Code of an item's kind, as in `kind_ids`; -1 for a kind that no listed item has."""
+        return self._kind_codes.get(self.kinds.kind(item_id), -1)
+
+    def near_duplicates(self, item_id: str) -> np.ndarray:
+        """Sorted rows of the listed items that are near-duplicates of `item_id` (listed or not).
+
+        Only items sharing a base code or a content word can be near-duplicates, so only those are
+        checked; answers for listed items are cached (the list bounds the cache).
+        """
+        cached = self._near.get(item_id)
+        if cached is not None:
+            return cached
+        found = set(self._by_base.get(base_code(item_id), ()))
+        sharing = {row for word in self.kinds.content.get(item_id, ()) for row in self._by_word.get(word, ())}
+        found.update(row for row in sharing if self.kinds.are_near_duplicates(item_id, self.item_ids[row]))
+        rows = np.array(sorted(found), dtype=np.int64)
+        if item_id in self._listed:
+            self._near[item_id] = rows
+        return rows

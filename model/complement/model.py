@@ -132,6 +132,11 @@ class ComplementModel:
         self.popularity = popularity
         self.config = config
         self.basket_counts = np.diff(self.baskets.indptr)
+        # Bundle assembly asks "how well do a and b go together, either way round" for whole candidate
+        # pools at once: one symmetric matrix with sorted rows makes that a searchsorted per member.
+        self.pair_strength = self.scores.maximum(self.scores.T).tocsr()
+        self.pair_strength.sort_indices()
+        self._popularity_tiebreak = 1e-9 * self.popularity / max(float(self.popularity.max()), 1e-12)
 
     @classmethod
     def fit(
@@ -172,20 +177,37 @@ class ComplementModel:
         Unknown ids are ignored; with no known anchor the answer is recent popularity, so every caller
         gets k items. The input items themselves are never returned.
         """
-        anchors = list(dict.fromkeys(self.vocab.encode(items)))
+        rows, scores = self.complete_rows(self.vocab.encode(items), k)
+        return [(self.vocab.item_ids[i], float(s)) for i, s in zip(rows, scores, strict=True)]
+
+    def complete_rows(self, anchors: Sequence[int], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """`complete` on vocabulary rows: the best k rows, best first (ties by row), and their scores."""
+        anchors = list(dict.fromkeys(anchors))
         if anchors:
-            scores = np.asarray(self.scores[anchors].sum(axis=0)).ravel() / len(anchors)
-            scores = scores + 1e-9 * self.popularity / max(float(self.popularity.max()), 1e-12)
+            summed = np.zeros(len(self.vocab), dtype=np.float32)
+            for anchor in anchors:  # row by row in float32, as a sparse row sum would
+                start, end = self.scores.indptr[anchor], self.scores.indptr[anchor + 1]
+                summed[self.scores.indices[start:end]] += self.scores.data[start:end]
+            scores = summed / len(anchors) + self._popularity_tiebreak
         else:
             scores = self.popularity / max(float(self.popularity.sum()), 1e-12)
         scores = scores.astype(np.float64)
         scores[anchors] = -np.inf
         k = min(k, len(scores) - len(anchors))
         if k <= 0:
-            return []
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.lexsort((top, -scores[top]))]
-        return [(self.vocab.item_ids[i], float(scores[i])) for i in top]
+        return top, scores[top]
+
+    def strength(self, row: int, columns: np.ndarray) -> np.ndarray:
+        """Symmetric complement strength of one row with many: max(pair_score(a, b), pair_score(b, a))."""
+        start, end = self.pair_strength.indptr[row], self.pair_strength.indptr[row + 1]
+        if start == end:
+            return np.zeros(len(columns))
+        kept, values = self.pair_strength.indices[start:end], self.pair_strength.data[start:end]
+        found = np.searchsorted(kept, columns).clip(max=len(kept) - 1)
+        return np.where(kept[found] == columns, values[found], 0.0).astype(np.float64)
 
     def pair_score(self, a: str, b: str) -> float:
         """How well b complements a (0 when b is not among a's kept complements)."""

@@ -134,3 +134,46 @@ def test_recommender_bundles_are_explained_and_constrained(artifact_root: Path) 
         assert {e.item_id for e in bundle.reasons.evidence} == set(bundle.items) - {bundle.anchor}
         assert all(e.pair_baskets >= 0 and e.lift >= 0 for e in bundle.reasons.evidence)
     assert rec.bundles(["no-such-item"]) == []
+
+
+RELEVANCE = {"saucer": 0.5, "pot": -1.0, "spoon": 2.0, "tray": 0.25}
+
+
+@pytest.mark.parametrize(
+    ("anchors", "options", "expected"),
+    [
+        (
+            ["cup", "pot", "cake", "saucer"],
+            {"n": 3, "size": 3},
+            [
+                (("cup", "saucer", "spoon"), 0.47975965589284897),
+                (("pot", "spoon", "saucer"), 0.3605072028934956),
+                (("cake", "tray", "cup"), 0.13942238092422485),
+            ],
+        ),
+        (
+            ["cup", "tray"],
+            {"n": 2, "size": 4, "budget": 14.0},
+            [
+                (("cup", "saucer", "spoon", "tray"), 0.3774093541420168),
+                (("tray", "cake", "spoon"), 0.32520065680146215),
+            ],
+        ),
+        (
+            ["cup", "spoon"],
+            {"n": 2, "size": 2, "exclude": {"cup"}},
+            [(("saucer", "spoon"), 0.604759655892849)],
+        ),
+    ],
+)
+def test_assembly_is_pinned(
+    complements: ComplementModel,
+    kinds: ProductKinds,
+    anchors: list[str],
+    options: dict[str, object],
+    expected: list[tuple[tuple[str, ...], float]],
+) -> None:
+    """Bundles and scores of the scalar, pair-by-pair implementation the vectorised one replaced."""
+    bundles = assemble(anchors, complements, kinds, lambda item: RELEVANCE.get(item, 0.0), PRICES, **options)
+    assert [bundle.items for bundle in bundles] == [items for items, _ in expected]
+    assert [bundle.score for bundle in bundles] == pytest.approx([score for _, score in expected], abs=1e-12)

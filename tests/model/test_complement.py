@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -109,3 +110,17 @@ def test_completion_metrics_by_hand() -> None:
     result = evaluate_completion(CoPurchaseCompleter(BASKETS), cases, k=2)
     # tea -> {bag, saucer}: both found; pen -> x, y, z are unknown: none found
     assert result.recall == pytest.approx(0.5) and result.hit == pytest.approx(0.5)
+
+
+def test_rows_and_strength_agree_with_the_id_api(fitted: ComplementModel) -> None:
+    items = fitted.vocab.item_ids
+    for anchors in (["tea"], ["pen", "paper"], ["teapot", "no-such-item"], []):
+        rows, scores = fitted.complete_rows(fitted.vocab.encode(anchors), k=4)
+        assert [(items[r], float(s)) for r, s in zip(rows, scores, strict=True)] == fitted.complete(
+            anchors, 4
+        )
+    columns = np.arange(len(items))
+    for row, item in enumerate(items):
+        expected = [max(fitted.pair_score(item, o), fitted.pair_score(o, item)) for o in items]
+        assert fitted.strength(row, columns).tolist() == pytest.approx(expected, abs=0)
+    assert fitted.strength(items.index("tea"), columns)[items.index("saucer")] > 0

@@ -77,3 +77,30 @@ def test_strongest_reason_is_faithful(rec: Recommender, online_retail_sample: Da
     result = faithfulness(rec, [list(c.prefix) for c in cases], [list(c.prefix_types) for c in cases], seed=0)
     assert result["cases"] >= 20
     assert result["strongest_beats_random"] > 0.6
+
+
+def test_leave_one_out_with_repeated_events_matches_single_encodes(
+    rec: Recommender, online_retail_sample: Dataset
+) -> None:
+    """Every attributed position, including events repeated in the history (their variants are
+    encoded once) and ids the model does not know (never attributed)."""
+    case = next(c for c in online_retail_sample.test if len({i for i in c.prefix if i in rec.vocab}) >= 3)
+    base, base_types = list(case.prefix)[-4:], list(case.prefix_types)[-4:]
+    history = [base[0], base[0], "no-such-item", *base, base[-1]]
+    types = [base_types[0], base_types[0], "view", *base_types, base_types[-1]]
+    targets = [item for item, _ in rec.recommend(history, k=3, types=types)]
+    (per_item,) = leave_one_out(rec, [history, history], [types, types], [targets, targets])[:1]
+    rows = [rec.vocab.get(target) for target in targets]
+    full = rec.encode([history], [types]).scores(rec.item_vectors)[0, rows]
+    for drops in per_item:
+        assert sorted(position for position, _ in drops) == [
+            p for p, i in enumerate(history) if i in rec.vocab
+        ]
+        assert [d for _, d in drops] == sorted((d for _, d in drops), reverse=True)
+    for column, drops in enumerate(per_item):
+        for position, drop in drops:
+            without = rec.encode(
+                [history[:position] + history[position + 1 :]], [types[:position] + types[position + 1 :]]
+            ).scores(rec.item_vectors)[0, rows[column]]
+            assert drop == pytest.approx(float(full[column] - without), abs=1e-4)
+    assert dict(per_item[0])[0] == dict(per_item[0])[1]  # the two identical events drop the score alike

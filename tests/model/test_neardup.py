@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from model.data import Dataset
-from model.neardup import ProductKinds, base_code, content_tokens
+from model.neardup import NearDuplicateIndex, ProductKinds, base_code, content_tokens
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +54,20 @@ def test_tokens_and_base_codes() -> None:
 
 def test_pairs_listed(kinds: ProductKinds) -> None:
     assert kinds.near_duplicate_pairs(["22697", "85123A", "22698"]) == [("22697", "22698")]
+
+
+def test_index_matches_the_pairwise_relation(kinds: ProductKinds) -> None:
+    listed = [*sorted(kinds.content)[:300], "85123Z", "not-in-catalogue"]
+    index = NearDuplicateIndex(kinds, listed)
+    for item in [*listed[::7], "85123Q", "unknown-item"]:
+        expected = [row for row, other in enumerate(listed) if kinds.are_near_duplicates(item, other)]
+        assert index.near_duplicates(item).tolist() == expected
+    assert "85123Z" in [
+        listed[r] for r in index.near_duplicates("85123A")
+    ]  # same base code, not listed twice
+    for row, item in enumerate(listed):
+        assert index.kind_ids[row] == index.kind_id(item)
+        assert (index.kind_ids == index.kind_ids[row]).sum() == sum(
+            kinds.kind(o) == kinds.kind(item) for o in listed
+        )
+    assert index.kind_id("unknown-item") == -1
