@@ -115,6 +115,7 @@ def leave_one_out(
     sessions.vectors[[not indices for indices, _ in distinct]] = 0.0  # as `Recommender.encode`
     drops: list[list[list[tuple[int, float]]]] = []
     for (positions, rows), row_items in zip(plans, items, strict=True):
+        attributed = np.array(positions, dtype=np.int64)
         item_rows = [rec.vocab.get(item) for item in row_items]
         known_rows = np.array([r if r is not None else 0 for r in item_rows], dtype=np.int64)
         variants = EncodedSessions(sessions.vectors[rows], [sessions.repeats[r] for r in rows])
@@ -127,7 +128,7 @@ def leave_one_out(
                 continue
             drop = scores[0, column] - scores[1:, column]
             order = np.argsort(-drop, kind="stable")
-            per_item.append([(positions[i], float(drop[i])) for i in order])
+            per_item.append(list(zip(attributed[order].tolist(), drop[order].tolist(), strict=True)))
         drops.append(per_item)
     return drops
 
