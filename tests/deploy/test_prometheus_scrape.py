@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +18,8 @@ from aiokafka import AIOKafkaProducer
 
 from model.artifacts import resolve_version
 from stream.broker import EmbeddedBroker
+from stream.config import StreamSettings
+from stream.launch import worker_process
 from tests.deploy.conftest import require_binary
 from tests.deploy.expressions import alert_expressions, dashboard_expressions, metric_names
 from tests.deploy.prometheus_server import (
@@ -49,28 +47,16 @@ N_VALID = 70
 def worker_metrics_port(kafka_broker: EmbeddedBroker, artifact_root: Path, tmp_path: Path) -> Iterator[int]:
     """A `bundlecast worker` process serving /metrics on a free port; stopped with SIGTERM afterwards."""
     port = free_port()
-    env = os.environ | {
-        "BUNDLECAST_KAFKA_BOOTSTRAP": kafka_broker.bootstrap,
-        "BUNDLECAST_MODEL_DIR": str(artifact_root),
-        "BUNDLECAST_STATE_DIR": str(tmp_path / "state"),
-        "BUNDLECAST_METRICS_PORT": str(port),
-        "BUNDLECAST_PARTITIONS": "2",
-        "BUNDLECAST_BATCH_LINGER_MS": "20",
-        "OMP_NUM_THREADS": "1",
-    }
-    log = tmp_path / "worker.log"
-    command = [str(Path(sys.executable).with_name("bundlecast")), "worker", "--log-level", "info"]
-    with log.open("wb") as output:
-        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
-    try:
+    settings = StreamSettings(
+        kafka_bootstrap=kafka_broker.bootstrap,
+        model_dir=artifact_root,
+        state_dir=tmp_path / "state",
+        metrics_port=port,
+        partitions=2,
+        batch_linger_ms=20,
+    )
+    with worker_process(settings, tmp_path / "worker.log"):
         yield port
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def replay(broker: EmbeddedBroker, items: list[str]) -> Counter[str]:
