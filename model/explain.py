@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
-from weakref import WeakKeyDictionary
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -33,7 +32,8 @@ if TYPE_CHECKING:
 
 ReasonCode = Literal["personalized", "complement", "repeat", "popular", "cold_start"]
 MAX_DRIVERS = 3
-ATTRIBUTION_WINDOW = 20  # most recent events attributed; older ones barely move a SASRec session vector
+ATTRIBUTION_WINDOW = 10  # most recent events attributed (one extra forward each); older ones barely move
+# a SASRec session vector
 COLD_INTERACTIONS = 5  # training interactions below which an item is explained as cold_start
 
 
@@ -63,25 +63,9 @@ class ExplainedItem(BaseModel):
     explanation: str
 
 
-_NAMES: WeakKeyDictionary[Recommender, dict[str, str]] = WeakKeyDictionary()
-
-
 def describe(rec: Recommender, item_id: str) -> str:
     """Short human name of an item: its catalogue description in title case, else its id."""
-    if rec not in _NAMES:
-        catalog = rec.catalog
-        _NAMES[rec] = (
-            {}
-            if catalog is None
-            else dict(
-                zip(
-                    catalog["item_id"].astype(str),
-                    catalog["description"].fillna("").astype(str).str.strip().str.title(),
-                    strict=True,
-                )
-            )
-        )
-    return _NAMES[rec].get(item_id) or item_id
+    return rec.names.get(item_id) or item_id
 
 
 def leave_one_out(
@@ -177,7 +161,7 @@ def explain_items(
                 code = "cold_start"
             else:
                 code = "personalized"
-            reasons = Reasons(code=code, drivers=drivers)
+            reasons = Reasons(code=code, drivers=drivers, evidence=[])
             answer.append(
                 ExplainedItem(
                     item_id=item, score=score, reasons=reasons, explanation=item_line(rec, item, reasons)

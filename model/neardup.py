@@ -6,9 +6,11 @@ substitute, not a complement. Two items are near-duplicates when
 - their stock codes share a base (online-retail codes 85123A and 85123B are variants of product 85123), or
 - at least half of their content words are shared (Jaccard), content words being what is left once colours,
   sizes, counts and filler words are removed: "RED RETROSPOT CAKE CASES" and "PINK RETROSPOT CAKE CASES" share
-  all, "JUMBO BAG RED RETROSPOT" and "JUMBO BAG PINK POLKADOT" half, while two products of one design range
-  ("DOLLY GIRL LUNCH BOX", "DOLLY GIRL CHILDRENS CUP") share a third and stay apart: a range is what a bundle
-  should be made of.
+  all, "JUMBO BAG RED RETROSPOT" and "JUMBO BAG PINK POLKADOT" half, or
+- at least half of their product words are shared, product words being content words without pattern and
+  design-range words: "CHILDS BREAKFAST SET SPACEBOY" and "CHILDS BREAKFAST SET DOLLY GIRL" are one product in
+  two designs, while two products of one design range ("DOLLY GIRL LUNCH BOX", "DOLLY GIRL CHILDRENS CUP")
+  share no product word and stay apart: a range is what a bundle should be made of.
 
 An item's product type (its noun phrase) is the leading or trailing pair of content words, whichever the
 catalogue uses more often in that position: descriptions put the noun either first ("JUMBO BAG <design>")
@@ -83,6 +85,39 @@ FILLER = frozenset(
         "COLOURED",
     ]
 )
+# Print patterns and design ranges: like colours they name a variant of a product, not the product.
+PATTERNS = frozenset(
+    [
+        "RETROSPOT",
+        "POLKADOT",
+        "POLKA",
+        "DOT",
+        "DOTS",
+        "SPOT",
+        "SPOTS",
+        "SPOTTY",
+        "STRIPE",
+        "STRIPES",
+        "STRIPED",
+        "STRIPEY",
+        "GINGHAM",
+        "PAISLEY",
+        "FLORAL",
+        "TARTAN",
+        "CHECK",
+        "CHECKED",
+        "LEOPARD",
+        "ZEBRA",
+        "CAMOUFLAGE",
+        "SPACEBOY",
+        "DOLLY",
+        "GIRL",
+        "REGENCY",
+        "WOODLAND",
+        "SKULL",
+        "SKULLS",
+    ]
+)
 _TOKEN = re.compile(r"[A-Z0-9][A-Z0-9'/&.-]*")
 _COUNT = re.compile(r"^(?:\d+|S/\d+|\d+[A-Z]{0,2})$")  # "12", "S/3", "3PC"
 _BASE_CODE = re.compile(r"^(\d{4,})[A-Z]{0,3}$")
@@ -119,6 +154,13 @@ def _singular(word: str) -> str:
     return word
 
 
+def _mostly_shared(words_a: frozenset[str] | None, words_b: frozenset[str] | None) -> bool:
+    if not words_a or not words_b:
+        return False
+    shared = len(words_a & words_b)
+    return shared > 0 and shared >= MIN_SHARED_CONTENT * len(words_a | words_b)
+
+
 class ProductKinds:
     """Product type, kind and base code of every catalogue item, and the near-duplicate relation over them."""
 
@@ -126,6 +168,9 @@ class ProductKinds:
         content = {item: content_tokens(text) for item, text in descriptions.items()}
         self.content: dict[str, frozenset[str]] = {
             item: frozenset(tokens) for item, tokens in content.items()
+        }
+        self.product_words: dict[str, frozenset[str]] = {
+            item: words - PATTERNS for item, words in self.content.items()
         }
         leading = Counter(" ".join(tokens[:2]) for tokens in content.values() if len(tokens) >= 3)
         trailing = Counter(" ".join(tokens[-2:]) for tokens in content.values() if len(tokens) >= 2)
@@ -165,9 +210,9 @@ class ProductKinds:
     def are_near_duplicates(self, a: str, b: str) -> bool:
         if a == b or base_code(a) == base_code(b):
             return True
-        words_a, words_b = self.content.get(a, frozenset()), self.content.get(b, frozenset())
-        shared = len(words_a & words_b)
-        return shared > 0 and shared >= MIN_SHARED_CONTENT * len(words_a | words_b)
+        return _mostly_shared(self.content.get(a), self.content.get(b)) or _mostly_shared(
+            self.product_words.get(a), self.product_words.get(b)
+        )
 
     def conflicts(self, candidate: str, chosen: Iterable[str]) -> bool:
         """Whether `candidate` is a near-duplicate of any item already chosen."""

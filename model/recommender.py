@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,14 @@ class Recommender:
             if ComplementModel.exists(version_dir / "complement")
             else None,
         )
+
+    @cached_property
+    def names(self) -> dict[str, str]:
+        """Catalogue descriptions in title case by item id (explanations name items by these)."""
+        if self.catalog is None:
+            return {}
+        descriptions = self.catalog["description"].fillna("").astype(str).str.strip().str.title()
+        return dict(zip(self.catalog["item_id"].astype(str), descriptions, strict=True))
 
     def known(self, history: Sequence[str]) -> bool:
         """Whether any item of the history is known to the model (else answers fall back to popularity)."""

@@ -8,6 +8,7 @@ purchases have caps, and a user idle for `state_ttl_s` is deleted altogether.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 from stream.events import ClickEvent
@@ -30,7 +31,10 @@ class RecentEvent:
 
 @dataclass(frozen=True)
 class UserState:
-    """Recent events of the current session (oldest first), cart, purchases, and activity times."""
+    """Recent events of the current session (oldest first), cart, purchases, and activity times.
+
+    Immutable, so its derived views are computed once (an answer reads them several times).
+    """
 
     events: tuple[RecentEvent, ...] = ()
     cart: tuple[str, ...] = ()
@@ -39,15 +43,15 @@ class UserState:
     updated_at: float = 0.0  # worker wall-clock time of the last update (state expiry)
     sessions: int = 0  # sessions started so far
 
-    @property
+    @cached_property
     def history(self) -> tuple[str, ...]:
         return tuple(event.item_id for event in self.events)
 
-    @property
+    @cached_property
     def history_types(self) -> tuple[str, ...]:
         return tuple(event.type for event in self.events)
 
-    @property
+    @cached_property
     def excluded(self) -> frozenset[str]:
         """Items never worth recommending to this user again right now: bought, or already in the cart."""
         return frozenset(self.purchased) | frozenset(self.cart)

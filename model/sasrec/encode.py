@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain, pairwise
 
 import numpy as np
 import torch
@@ -29,12 +30,20 @@ def encode_history(
 
 
 def left_pad(rows: Sequence[Sequence[int]], length: int, fill: int) -> torch.Tensor:
-    out = torch.full((len(rows), length), fill, dtype=torch.long)
-    for i, row in enumerate(rows):
-        kept = row[-length:]
-        if kept:
-            out[i, length - len(kept) :] = torch.as_tensor(kept, dtype=torch.long)
-    return out
+    """(len(rows), length) tensor of each row's last `length` values, right-aligned after `fill`.
+
+    One scatter for the whole batch: serving pads thousands of short leave-one-out variants per batch.
+    """
+    kept = [row[-length:] for row in rows] if length > 0 else [[] for _ in rows]
+    sizes = np.fromiter((len(row) for row in kept), dtype=np.int64, count=len(kept))
+    out = np.full((len(kept), length), fill, dtype=np.int64)
+    total = int(sizes.sum())
+    if total:
+        values = np.fromiter(chain.from_iterable(kept), dtype=np.int64, count=total)
+        starts = np.repeat(np.cumsum(sizes) - sizes, sizes)  # flat index where each value's row begins
+        columns = length - np.repeat(sizes, sizes) + np.arange(total) - starts
+        out[np.repeat(np.arange(len(kept)), sizes), columns] = values
+    return torch.from_numpy(out)
 
 
 def history_batch(
@@ -91,10 +100,20 @@ def encode_sessions(
         items, types = history_batch(histories[start : start + batch_size], model.config.max_len)
         session, bonus = model.encode_last(items.to(device), types.to(device))
         vectors[start : start + len(items)] = session.cpu().numpy()
-        for row_items, row_bonus in zip(items.tolist(), bonus.cpu().tolist(), strict=True):
-            repeat: dict[int, float] = {}
-            for item, value in zip(row_items, row_bonus, strict=True):
-                if item != PAD:
-                    repeat[item - 1] = repeat.get(item - 1, 0.0) + value
-            repeats.append(repeat)
+        repeats += _summed_bonus(items.numpy(), bonus.cpu().numpy(), model.config.n_items)
     return EncodedSessions(vectors, repeats)
+
+
+def _summed_bonus(items: np.ndarray, bonus: np.ndarray, n_items: int) -> list[dict[int, float]]:
+    """Per row, item index -> its summed repeat bonus (an item seen twice gets both), padding skipped.
+
+    Vectorised over the batch: sort (row, item) keys once, sum with bincount, then slice per row.
+    """
+    real = items != PAD
+    keys = np.nonzero(real)[0] * (n_items + 1) + items[real]
+    unique, inverse = np.unique(keys, return_inverse=True)
+    sums = np.bincount(inverse, weights=bonus[real].astype(np.float64)).tolist()
+    rows, item_ids = np.divmod(unique, n_items + 1)
+    bounds = np.searchsorted(rows, np.arange(len(items) + 1)).tolist()
+    indices = (item_ids - 1).tolist()
+    return [dict(zip(indices[begin:end], sums[begin:end], strict=True)) for begin, end in pairwise(bounds)]

@@ -34,6 +34,7 @@ class TrainConfig:
     lr: float = 5e-3
     weight_decay: float = 0.01
     patience: int = 2  # epochs without validation MRR@20 improvement before stopping
+    decay_epochs: int = 0  # the learning rate falls linearly to 0 over this many epochs; 0 keeps it constant
     negatives: int = 2048  # shared uniform negatives per step (sampled softmax); 0 = full softmax
     cooccurrence_init: bool = True  # start item embeddings from an SVD of session co-occurrence
     logq_correction: bool = True  # correct sampled-softmax logits for how often each item is sampled
@@ -211,6 +212,11 @@ def train(
             model.item_emb.weight[1:] = init * model.item_emb.weight[1:].norm(dim=-1).mean()
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = -(-len(windows) // config.batch_size)
+    decay_steps = config.decay_epochs * steps_per_epoch
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: max(1.0 - step / decay_steps, 0.02) if decay_steps else 1.0
+    )
     target_counts = torch.bincount(
         torch.tensor([t - 1 for items, _ in windows for t in items[1:]], dtype=torch.long),
         minlength=len(vocab),
@@ -227,7 +233,7 @@ def train(
         total, steps = 0.0, 0
         progress = tqdm(
             training_batches(windows, config.batch_size, rng),
-            total=-(-len(windows) // config.batch_size),
+            total=steps_per_epoch,
             desc=f"epoch {epoch}",
             unit="batch",
             leave=False,
@@ -241,6 +247,7 @@ def train(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
+            schedule.step()
             total, steps = total + loss.item(), steps + 1
             progress.set_postfix(loss=f"{total / steps:.3f}")
         record: dict[str, float] = {"epoch": epoch, "loss": total / max(steps, 1)}

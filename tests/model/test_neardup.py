@@ -20,6 +20,9 @@ def kinds(online_retail_sample: Dataset) -> ProductKinds:
         ("22697", "22698"),  # GREEN / PINK REGENCY TEACUP AND SAUCER
         ("85099B", "22386"),  # JUMBO BAG RED RETROSPOT / JUMBO BAG PINK POLKADOT
         ("85099B", "85099F"),  # one base code: JUMBO BAG RED RETROSPOT / JUMBO BAG STRAWBERRY
+        ("22634", "22635"),  # CHILDS BREAKFAST SET SPACEBOY / CHILDS BREAKFAST SET DOLLY GIRL
+        ("22634", "22636"),  # ... SPACEBOY / ... CIRCUS PARADE (a design range not in PATTERNS)
+        ("22629", "22630"),  # SPACEBOY LUNCH BOX / DOLLY GIRL LUNCH BOX
     ],
 )
 def test_variants_are_near_duplicates(kinds: ProductKinds, a: str, b: str) -> None:
@@ -30,6 +33,7 @@ def test_variants_are_near_duplicates(kinds: ProductKinds, a: str, b: str) -> No
     ("a", "b"),
     [
         ("22630", "22899"),  # DOLLY GIRL LUNCH BOX / CHILDREN'S APRON DOLLY GIRL: one range, two products
+        ("22630", "22635"),  # DOLLY GIRL LUNCH BOX / CHILDS BREAKFAST SET DOLLY GIRL
         ("85099B", "21212"),  # JUMBO BAG RED RETROSPOT / PACK OF 72 RETROSPOT CAKE CASES
         ("22697", "85123A"),  # teacup / WHITE HANGING HEART T-LIGHT HOLDER
     ],

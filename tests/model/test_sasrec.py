@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from model.data import Session, views
+from model.sasrec.encode import left_pad
 from model.sasrec.model import PAD, SASRec, SASRecConfig
 from model.sasrec.train import (
     TrainConfig,
@@ -180,3 +181,9 @@ def test_repeat_scale_is_calibrated_to_the_best_validation_weight() -> None:
     assert set(results) == set(REPEAT_SCALES)
     best = max(results, key=lambda s: results[s]["hr@20"] + results[s]["mrr@20"])
     assert model.config.repeat_scale == best
+
+
+def test_left_pad_keeps_the_latest_values_right_aligned() -> None:
+    padded = left_pad([[1, 2, 3], [], [4, 5, 6, 7, 8], [9]], 4, 0)
+    assert padded.tolist() == [[0, 1, 2, 3], [0, 0, 0, 0], [5, 6, 7, 8], [0, 0, 0, 9]]
+    assert left_pad([[1, 2]], 0, 0).shape == (1, 0)
