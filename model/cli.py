@@ -46,11 +46,14 @@ def train(
     out: Path = typer.Option(
         ..., "--out", "-o", help="Artifact root; each run adds a new version inside it."
     ),
-    epochs: int = typer.Option(TrainConfig.epochs, help="Most epochs; early stopping usually ends sooner."),
+    epochs: int = typer.Option(TrainConfig.epochs, help="Most epochs; early stopping may end sooner."),
     batch_size: int = typer.Option(TrainConfig.batch_size, help="Sessions per step."),
     lr: float = typer.Option(TrainConfig.lr, help="AdamW learning rate."),
     negatives: int = typer.Option(
         TrainConfig.negatives, help="Shared uniform negatives per step (sampled softmax); 0 = full softmax."
+    ),
+    decay_epochs: int = typer.Option(
+        TrainConfig.decay_epochs, help="Epochs over which the learning rate decays linearly (0 = constant)."
     ),
     patience: int = typer.Option(
         TrainConfig.patience, help="Epochs without validation gain before stopping."
@@ -83,6 +86,7 @@ def train(
         lr=lr,
         negatives=negatives,
         patience=patience,
+        decay_epochs=decay_epochs,
         seed=seed,
         device=device,
         threads=threads,

@@ -29,12 +29,14 @@ from model.vocab import ItemVocab
 
 @dataclass
 class TrainConfig:
-    epochs: int = 30
+    epochs: int = 6
     batch_size: int = 512
     lr: float = 5e-3
     weight_decay: float = 0.01
     patience: int = 2  # epochs without validation MRR@20 improvement before stopping
-    decay_epochs: int = 0  # the learning rate falls linearly to 0 over this many epochs; 0 keeps it constant
+    # The learning rate falls linearly over this many epochs (to 2% of lr; 0 = constant). A refit for fewer
+    # epochs keeps it, so it retraces the tuning run's schedule up to the chosen epoch.
+    decay_epochs: int = 6
     negatives: int = 2048  # shared uniform negatives per step (sampled softmax); 0 = full softmax
     cooccurrence_init: bool = True  # start item embeddings from an SVD of session co-occurrence
     logq_correction: bool = True  # correct sampled-softmax logits for how often each item is sampled
@@ -138,7 +140,7 @@ def candidates(
     return picked, log_q
 
 
-REPEAT_SCALES = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+REPEAT_SCALES = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
 
 
 @torch.no_grad()
