@@ -8,6 +8,8 @@ query exactly these names, and `tests/deploy` checks that they stay in sync.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from contextlib import suppress
 from typing import Literal, get_args
 
 from prometheus_client import Counter, Gauge, Histogram, Info, disable_created_metrics, start_http_server
@@ -115,6 +117,14 @@ def set_model_version(version: str, index_items: int) -> None:
     """Publish which artifact answers now; called once at start-up and after every successful reload."""
     MODEL.info({"version": version})
     INDEX_ITEMS.set(index_items)
+
+
+def forget_partitions(topic: str, partitions: Iterable[int]) -> None:
+    """Drop the lag series of partitions this worker no longer owns (after a rebalance), so that a stale
+    value does not linger on the dashboard beside the new owner's."""
+    for partition in partitions:
+        with suppress(KeyError):
+            CONSUMER_LAG.remove(topic, str(partition))
 
 
 def start_metrics_server(port: int, addr: str = "0.0.0.0") -> None:

@@ -208,6 +208,13 @@ def create_app(settings: StreamSettings) -> faust.App:
                 lag = max(app.consumer.highwater(tp) - next_offsets[tp.partition], 0)
                 metrics.CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
 
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(_app: faust.App, revoked: set[faust.types.TP], **_: Any) -> None:
+        for tp in revoked:
+            if tp.topic == settings.input_topic:
+                next_offsets.pop(tp.partition, None)
+                metrics.forget_partitions(tp.topic, [tp.partition])
+
     @app.timer(min(60.0, settings.state_ttl_s / 2))
     async def expire_idle_users() -> None:
         """Delete users idle for longer than the TTL, locally and (tombstone) in the changelog.

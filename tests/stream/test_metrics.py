@@ -80,6 +80,15 @@ def test_model_version_keeps_one_series() -> None:
     assert sample("bundlecast_index_items") == 120
 
 
+def test_revoked_partitions_lose_their_lag_series() -> None:
+    for partition in ("0", "1"):
+        metrics.CONSUMER_LAG.labels(topic="clickstream", partition=partition).set(7)
+    metrics.forget_partitions("clickstream", [1, 5])  # 5 was never reported: ignored
+    lag = "bundlecast_consumer_lag_messages"
+    assert REGISTRY.get_sample_value(lag, {"topic": "clickstream", "partition": "0"}) == 7
+    assert REGISTRY.get_sample_value(lag, {"topic": "clickstream", "partition": "1"}) is None
+
+
 def test_metrics_server_serves_the_exposition_over_http() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
