@@ -105,15 +105,16 @@ def leave_one_out(
         variants = EncodedSessions(sessions.vectors[rows], [sessions.repeats[r] for r in rows])
         # Full model scores (repeat bonus included), so dropping an item also drops its repeat bonus.
         scores = variants.scores(rec.item_vectors, known_rows)  # (1 + P, I)
-        per_item = []
-        for column, item_row in enumerate(item_rows):
-            if item_row is None or not positions:
-                per_item.append([])
-                continue
-            drop = scores[0, column] - scores[1:, column]
-            order = np.argsort(-drop, kind="stable")
-            per_item.append(list(zip(attributed[order].tolist(), drop[order].tolist(), strict=True)))
-        drops.append(per_item)
+        drop = scores[0] - scores[1:]  # (P, I): one sort for all items, largest drop first
+        order = np.argsort(-drop, axis=0, kind="stable")
+        sorted_positions = attributed[order].T.tolist()
+        sorted_drops = np.take_along_axis(drop, order, axis=0).T.tolist()
+        drops.append(
+            [
+                [] if item_row is None or not positions else list(zip(at, by, strict=True))
+                for item_row, at, by in zip(item_rows, sorted_positions, sorted_drops, strict=True)
+            ]
+        )
     return drops
 
 
@@ -178,14 +179,13 @@ def _interactions(rec: Recommender, item: str) -> int:
 
 
 def item_line(rec: Recommender, item: str, reasons: Reasons) -> str:
-    because = " and ".join(describe(rec, d.item_id) for d in reasons.drivers[:2])
     match reasons.code:
         case "popular":
             return f"{describe(rec, item)}: a best seller right now"
         case "repeat":
             return f"{describe(rec, item)}: you looked at it earlier in this session"
-        case "cold_start":
-            tail = f", close to {because}" if because else ""
-            return f"{describe(rec, item)}: new in the shop{tail}"
-        case _:
-            return f"{describe(rec, item)}: because of {because}" if because else describe(rec, item)
+    because = " and ".join(describe(rec, d.item_id) for d in reasons.drivers[:2])
+    if reasons.code == "cold_start":
+        tail = f", close to {because}" if because else ""
+        return f"{describe(rec, item)}: new in the shop{tail}"
+    return f"{describe(rec, item)}: because of {because}" if because else describe(rec, item)
