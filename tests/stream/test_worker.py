@@ -33,16 +33,18 @@ class Worker:
     ) -> None:
         env = (
             os.environ
-            | {f"BUNDLECAST_{name.upper()}": value for name, value in settings.items()}
             | {
-                "BUNDLECAST_KAFKA_BOOTSTRAP": broker.bootstrap,
-                "BUNDLECAST_MODEL_DIR": str(model_dir),
-                "BUNDLECAST_STATE_DIR": str(state_dir),
                 "BUNDLECAST_METRICS_PORT": "0",
                 "BUNDLECAST_PARTITIONS": "2",
                 "BUNDLECAST_BATCH_LINGER_MS": "20",
                 "BUNDLECAST_RELOAD_INTERVAL_S": "0.5",
                 "OMP_NUM_THREADS": "1",
+            }
+            | {f"BUNDLECAST_{name.upper()}": value for name, value in settings.items()}
+            | {
+                "BUNDLECAST_KAFKA_BOOTSTRAP": broker.bootstrap,
+                "BUNDLECAST_MODEL_DIR": str(model_dir),
+                "BUNDLECAST_STATE_DIR": str(state_dir),
             }
         )
         self.log = log
@@ -272,3 +274,37 @@ def test_hot_reload_under_traffic_answers_every_event_once(
             if r["user_id"] == user
         ]
         assert versions == sorted(versions, key=lambda v: v == new), f"{user} went back to the old model"
+
+
+def test_sighup_reloads_a_new_version_when_polling_is_off(
+    kafka_broker: EmbeddedBroker, artifact_root: Path, workers: list[Worker], tmp_path: Path
+) -> None:
+    model_dir = tmp_path / "models"
+    shutil.copytree(artifact_root, model_dir)
+    old = resolve_version(model_dir).name
+    items = known_items(model_dir, 10)
+    worker = Worker(
+        kafka_broker, model_dir, tmp_path / "state", tmp_path / "worker.log", reload_interval_s="0"
+    )
+    workers.append(worker)
+    wait_until_answering(kafka_broker)
+    new = "99990101T000000Z-sighup"
+    shutil.copytree(model_dir / VERSIONS / old, model_dir / VERSIONS / new)
+    (model_dir / "LATEST.tmp").write_text(new + "\n")
+    os.replace(model_dir / "LATEST.tmp", model_dir / LATEST)
+
+    def versions_of(event_ids: set[str]) -> set[str]:
+        records = asyncio.run(consume(kafka_broker, lambda r: event_ids <= answered(r), settle_s=0))
+        return {r["model_version"] for r in records["recommendations"] if r["event_id"] in event_ids}
+
+    asyncio.run(produce(kafka_broker, [event(n, "u", items[n]) for n in range(3)]))
+    assert versions_of({"e0", "e1", "e2"}) == {old}  # no polling: LATEST alone changes nothing
+    worker.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + ANSWER_TIMEOUT_S
+    n, versions = 3, {old}
+    while versions != {new} and time.monotonic() < deadline:  # the reload lands between batches
+        asyncio.run(produce(kafka_broker, [event(n, "u", items[n % 10])]))
+        versions = versions_of({f"e{n}"})
+        n += 1
+    assert versions == {new}
+    assert worker.process.poll() is None  # SIGHUP reloads; it does not stop the worker
