@@ -165,7 +165,10 @@ def explain_items(
             reasons = Reasons(code=code, drivers=drivers, evidence=[])
             answer.append(
                 ExplainedItem(
-                    item_id=item, score=score, reasons=reasons, explanation=item_line(rec, item, reasons)
+                    item_id=item,
+                    score=round(score, 6),
+                    reasons=reasons,
+                    explanation=item_line(rec, item, reasons),
                 )
             )
         answers.append(answer)

@@ -7,10 +7,11 @@ assembly cost a few batched forwards per batch, not per event.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+
+from pydantic_core import to_json
 
 from model import Recommender
 from model.bundles import ExplainedBundle, bundles_batch
@@ -113,15 +114,16 @@ def compose_answers(
 def recommendation_message(
     event: ClickEvent, model_version: str, answer: Answer, generated_at: datetime, latency_ms: float
 ) -> bytes:
-    """The output message (see stream/schemas/recommendation.schema.json)."""
-    return json.dumps(
+    """The output message (see stream/schemas/recommendation.schema.json), serialised in one pass by
+    pydantic-core (the explained items and bundles are pydantic models; no intermediate dicts)."""
+    return to_json(
         {
             "user_id": event.user_id,
             "event_id": event.event_id,
             "model_version": model_version,
             "generated_at": generated_at.isoformat(),
-            "items": [item.model_dump() | {"score": round(item.score, 6)} for item in answer.items],
-            "bundles": [bundle.model_dump() for bundle in answer.bundles],
+            "items": answer.items,
+            "bundles": answer.bundles,
             "latency_ms": round(latency_ms, 3),
         }
-    ).encode("utf-8")
+    )
