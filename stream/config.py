@@ -78,6 +78,12 @@ class StreamSettings(BaseSettings):
     )
     batch_size: int = Field(256, ge=1, description="Most events per micro-batch (one model forward each).")
     batch_linger_ms: float = Field(5.0, ge=0, description="Longest wait to fill a micro-batch.")
+    fetch_max_wait_ms: int = Field(
+        10,
+        ge=0,
+        description="Longest time the broker may hold an empty input fetch. Faust fixes it at 1,500 ms; a "
+        "broker that does not answer a waiting fetch when data arrives (Tansu) then delays events that long.",
+    )
     top_k: int = Field(20, ge=1, le=1000, description="Items per recommendation.")
     bundles_per_answer: int = Field(
         3, ge=0, le=10, description="Most bundles per recommendation (users with a known item; 0: none)."

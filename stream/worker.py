@@ -15,10 +15,12 @@ import weakref
 from collections.abc import Iterator, MutableMapping, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import faust
+from aiokafka import AIOKafkaConsumer
 from faust.streams import _current_event
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import EventT
 
 from stream import metrics
@@ -95,6 +97,37 @@ class BatchStates(MutableMapping[bytes, Any]):
         self.pending.clear()
 
 
+class _ShortFetchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread with the input fetch wait taken from the app (Faust hard-codes 1,500 ms).
+
+    With a long wait, a fetch sent while the worker is caught up sits at the broker for the whole wait on
+    brokers that do not complete it when new data arrives, so events at low rates waited up to 1.5 s.
+    """
+
+    def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = cast(BundlecastApp, self.app).fetch_max_wait_ms  # read at start()
+        return consumer
+
+
+class _ShortFetchConsumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ShortFetchConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _ShortFetchTransport(faust_aiokafka.Transport):
+    Consumer = _ShortFetchConsumer
+
+
+class BundlecastApp(faust.App):
+    """A Faust app whose Kafka consumer waits at most `fetch_max_wait_ms` for input."""
+
+    fetch_max_wait_ms: int = 10
+
+    def _new_transport(self) -> faust_aiokafka.Transport:
+        return _ShortFetchTransport(self.conf.broker_consumer, self)
+
+
 def _credentials(settings: StreamSettings) -> faust.types.auth.CredentialsT | None:
     protocol = settings.kafka_security_protocol
     if protocol.startswith("SASL"):
@@ -116,7 +149,7 @@ def create_app(settings: StreamSettings) -> faust.App:
     partitions = asyncio.run(ensure_topics(settings))
     models = ModelHolder(settings.model_dir)
     pipeline = Pipeline(settings)
-    app = faust.App(
+    app = BundlecastApp(
         settings.app_id,
         broker=[f"kafka://{host.strip()}" for host in bootstrap.split(",")],
         broker_credentials=_credentials(settings),
@@ -134,6 +167,7 @@ def create_app(settings: StreamSettings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
     )
+    app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     source = app.topic(settings.input_topic, key_serializer="raw", value_serializer="raw")
     output = app.topic(settings.output_topic, key_serializer="raw", value_serializer="raw")
     dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")

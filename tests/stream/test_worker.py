@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from model.artifacts import LATEST, VERSIONS, resolve_version
 from stream.broker import EmbeddedBroker
 from stream.schemas import load_schema
+from stream.worker import BundlecastApp
 
 ANSWER_TIMEOUT_S = 90.0
 ConsumedRecords = dict[str, list[dict]]
@@ -308,3 +309,16 @@ def test_sighup_reloads_a_new_version_when_polling_is_off(
         n += 1
     assert versions == {new}
     assert worker.process.poll() is None  # SIGHUP reloads; it does not stop the worker
+
+
+def test_the_worker_consumer_waits_at_most_the_configured_fetch_time() -> None:
+    """Faust hard-codes a 1.5 s fetch wait; the worker's consumer must use the setting instead."""
+
+    async def created_wait() -> int:
+        app = BundlecastApp("fetch-wait-test", broker="kafka://127.0.0.1:9", web_enabled=False)
+        app.fetch_max_wait_ms = 7
+        consumer = app.consumer._thread._create_worker_consumer(app.transport)
+        await consumer.stop()
+        return consumer._fetch_max_wait_ms
+
+    assert asyncio.run(created_wait()) == 7
