@@ -117,6 +117,13 @@ def answered(records: ConsumedRecords) -> set[str]:
     return {r["event_id"] for r in records["recommendations"]}
 
 
+def publish_copy(model_dir: Path, version: str, new: str) -> None:
+    """Publish a copy of `version` as `new` as training does: full directory first, then LATEST atomically."""
+    shutil.copytree(model_dir / VERSIONS / version, model_dir / VERSIONS / new)
+    (model_dir / "LATEST.tmp").write_text(new + "\n")
+    os.replace(model_dir / "LATEST.tmp", model_dir / LATEST)
+
+
 def known_items(artifact_root: Path, n: int) -> list[str]:
     return json.loads((resolve_version(artifact_root) / "vocab.json").read_text())[:n]
 
@@ -257,10 +264,7 @@ def test_hot_reload_under_traffic_answers_every_event_once(
     async def reload_under_traffic() -> ConsumedRecords:
         producing = asyncio.create_task(produce(kafka_broker, traffic, rate=100))
         await consume(kafka_broker, lambda r: len(r["recommendations"]) >= 150, settle_s=0)
-        # Publish a new version the way training does: complete directory first, then LATEST atomically.
-        shutil.copytree(model_dir / VERSIONS / old, model_dir / VERSIONS / new)
-        (model_dir / "LATEST.tmp").write_text(new + "\n")
-        os.replace(model_dir / "LATEST.tmp", model_dir / LATEST)
+        publish_copy(model_dir, old, new)
         await producing
         return await consume(kafka_broker, lambda r: len(r["recommendations"]) >= 401)
 
@@ -290,9 +294,7 @@ def test_sighup_reloads_a_new_version_when_polling_is_off(
     workers.append(worker)
     wait_until_answering(kafka_broker)
     new = "99990101T000000Z-sighup"
-    shutil.copytree(model_dir / VERSIONS / old, model_dir / VERSIONS / new)
-    (model_dir / "LATEST.tmp").write_text(new + "\n")
-    os.replace(model_dir / "LATEST.tmp", model_dir / LATEST)
+    publish_copy(model_dir, old, new)
 
     def versions_of(event_ids: set[str]) -> set[str]:
         records = asyncio.run(consume(kafka_broker, lambda r: event_ids <= answered(r), settle_s=0))
