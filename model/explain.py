@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 
 ReasonCode = Literal["personalized", "complement", "repeat", "popular", "cold_start"]
 MAX_DRIVERS = 3
-ATTRIBUTION_WINDOW = 10  # most recent events attributed (one extra forward each); older ones barely move
-# a SASRec session vector
+# Most recent events attributed, one extra forward each; older ones barely move a SASRec session vector.
+ATTRIBUTION_WINDOW = 10
 COLD_INTERACTIONS = 5  # training interactions below which an item is explained as cold_start
 
 
@@ -162,7 +162,7 @@ def explain_items(
                 code = "cold_start"
             else:
                 code = "personalized"
-            reasons = Reasons(code=code, drivers=drivers, evidence=[])
+            reasons = Reasons(code=code, drivers=drivers)
             answer.append(
                 ExplainedItem(
                     item_id=item,

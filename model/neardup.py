@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from itertools import combinations
 
 import numpy as np
@@ -213,10 +213,6 @@ class ProductKinds:
         return _mostly_shared(self.content.get(a), self.content.get(b)) or _mostly_shared(
             self.product_words.get(a), self.product_words.get(b)
         )
-
-    def conflicts(self, candidate: str, chosen: Iterable[str]) -> bool:
-        """Whether `candidate` is a near-duplicate of any item already chosen."""
-        return any(self.are_near_duplicates(candidate, item) for item in chosen)
 
     def near_duplicate_pairs(self, items: Sequence[str]) -> list[tuple[str, str]]:
         return [(a, b) for a, b in combinations(items, 2) if self.are_near_duplicates(a, b)]
