@@ -209,6 +209,12 @@ def _catalog(lines: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"description": descriptions.reindex(prices.index), "price": prices}).reset_index()
 
 
+def item_names(catalog: pd.DataFrame) -> dict[str, str]:
+    """Display names by item id: catalogue descriptions in title case (items without one are left out)."""
+    names = catalog["description"].fillna("").astype(str).str.strip().str.title()
+    return {item: name for item, name in zip(catalog["item_id"].astype(str), names, strict=True) if name}
+
+
 def _runs(keys: pd.Series, items: pd.Series) -> list[tuple[str, ...]]:
     """Items grouped by runs of equal consecutive keys (plain lists: arrow-backed iteration is slow)."""
     pairs = zip(keys.tolist(), items.tolist(), strict=True)

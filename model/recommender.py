@@ -20,7 +20,7 @@ from index.faiss_index import ItemIndex
 from model.artifacts import CONFIG, new_version, resolve_version
 from model.bundles import ExplainedBundle, bundles_batch
 from model.complement.model import ComplementModel
-from model.data import Case, Dataset, Session
+from model.data import Case, Dataset, Session, item_names
 from model.sasrec.encode import EncodedSessions, encode_history, encode_sessions
 from model.sasrec.model import SASRec, SASRecConfig
 from model.vocab import ItemVocab
@@ -112,11 +112,8 @@ class Recommender:
 
     @cached_property
     def names(self) -> dict[str, str]:
-        """Catalogue descriptions in title case by item id (explanations name items by these)."""
-        if self.catalog is None:
-            return {}
-        descriptions = self.catalog["description"].fillna("").astype(str).str.strip().str.title()
-        return dict(zip(self.catalog["item_id"].astype(str), descriptions, strict=True))
+        """Display names by item id (explanations name items by these); see `model.data.item_names`."""
+        return {} if self.catalog is None else item_names(self.catalog)
 
     def known(self, history: Sequence[str]) -> bool:
         """Whether any item of the history is known to the model (else answers fall back to popularity)."""

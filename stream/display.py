@@ -23,15 +23,16 @@ class Catalog:
             return cls()
         import pandas as pd
 
+        from model.data import item_names
+
         path = resolve_version(model_dir) / "catalog.parquet"
         if not path.is_file():
             return cls()
         frame = pd.read_parquet(path)
         ids = frame["item_id"].astype(str)
-        names = frame["description"].fillna("").astype(str).str.strip().str.title()
         prices = frame["price"] if "price" in frame else pd.Series(float("nan"), index=frame.index)
         return cls(
-            names={item: name for item, name in zip(ids, names, strict=True) if name},
+            names=item_names(frame),
             prices={item: float(p) for item, p in zip(ids, prices, strict=True) if p == p},
         )
 
