@@ -122,7 +122,9 @@ class _ShortFetchTransport(faust_aiokafka.Transport):
 class BundlecastApp(faust.App):
     """A Faust app whose Kafka consumer waits at most `fetch_max_wait_ms` for input."""
 
-    fetch_max_wait_ms: int = 10
+    def __init__(self, *args: Any, fetch_max_wait_ms: int, **options: Any) -> None:
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        super().__init__(*args, **options)
 
     def _new_transport(self) -> faust_aiokafka.Transport:
         return _ShortFetchTransport(self.conf.broker_consumer, self)
@@ -151,6 +153,7 @@ def create_app(settings: StreamSettings) -> faust.App:
     pipeline = Pipeline(settings)
     app = BundlecastApp(
         settings.app_id,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
         broker=[f"kafka://{host.strip()}" for host in bootstrap.split(",")],
         broker_credentials=_credentials(settings),
         store="rocksdb://",
@@ -167,7 +170,6 @@ def create_app(settings: StreamSettings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
     )
-    app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     source = app.topic(settings.input_topic, key_serializer="raw", value_serializer="raw")
     output = app.topic(settings.output_topic, key_serializer="raw", value_serializer="raw")
     dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")

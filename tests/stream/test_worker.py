@@ -319,8 +319,9 @@ def test_the_worker_consumer_waits_at_most_the_configured_fetch_time() -> None:
     """Faust hard-codes a 1.5 s fetch wait; the worker's consumer must use the setting instead."""
 
     async def created_wait() -> int:
-        app = BundlecastApp("fetch-wait-test", broker="kafka://127.0.0.1:9", web_enabled=False)
-        app.fetch_max_wait_ms = 7
+        app = BundlecastApp(
+            "fetch-wait-test", fetch_max_wait_ms=7, broker="kafka://127.0.0.1:9", web_enabled=False
+        )
         consumer = app.consumer._thread._create_worker_consumer(app.transport)
         await consumer.stop()
         return consumer._fetch_max_wait_ms
