@@ -47,6 +47,14 @@ PublishCopy = Callable[[Path, str, str], None]
 
 
 @pytest.fixture
+def model_dir(artifact_root: Path, tmp_path: Path) -> Path:
+    """A writable copy of the shared artifact root, for tests that publish new versions into it."""
+    copy = tmp_path / "models"
+    shutil.copytree(artifact_root, copy)
+    return copy
+
+
+@pytest.fixture
 def publish_copy() -> PublishCopy:
     """Publish a copy of a version under a new name as training does: directory, then LATEST atomically."""
 

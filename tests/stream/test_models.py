@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
 
 from model.artifacts import resolve_version
@@ -13,10 +12,8 @@ from tests.conftest import PublishCopy
 
 
 def test_a_loaded_model_is_warm_and_a_new_version_is_swapped_in_warm(
-    artifact_root: Path, tmp_path: Path, publish_copy: PublishCopy
+    model_dir: Path, publish_copy: PublishCopy
 ) -> None:
-    model_dir = tmp_path / "models"
-    shutil.copytree(artifact_root, model_dir)
     holder = ModelHolder(model_dir)
     assert holder.current.complements is not None
     assert holder.current in _CONTEXTS and "names" in vars(holder.current)  # built before the first batch

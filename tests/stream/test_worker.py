@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -244,13 +243,11 @@ def test_recovery_after_a_crash_and_onto_an_empty_state_dir(
 
 def test_hot_reload_under_traffic_answers_every_event_once(
     kafka_broker: EmbeddedBroker,
-    artifact_root: Path,
+    model_dir: Path,
     workers: list[Worker],
     tmp_path: Path,
     publish_copy: PublishCopy,
 ) -> None:
-    model_dir = tmp_path / "models"
-    shutil.copytree(artifact_root, model_dir)
     old = resolve_version(model_dir).name
     items = known_items(model_dir, 50)
     users = [f"user{u}" for u in range(5)]
@@ -281,13 +278,11 @@ def test_hot_reload_under_traffic_answers_every_event_once(
 
 def test_sighup_reloads_a_new_version_when_polling_is_off(
     kafka_broker: EmbeddedBroker,
-    artifact_root: Path,
+    model_dir: Path,
     workers: list[Worker],
     tmp_path: Path,
     publish_copy: PublishCopy,
 ) -> None:
-    model_dir = tmp_path / "models"
-    shutil.copytree(artifact_root, model_dir)
     old = resolve_version(model_dir).name
     items = known_items(model_dir, 10)
     worker = Worker(
