@@ -234,6 +234,8 @@ def test_recovery_after_a_crash_and_onto_an_empty_state_dir(
     records = asyncio.run(
         consume(kafka_broker, lambda r: answered(r) >= expected | {"e500", "e501", "e502", "e503"})
     )
+    unanswered = {f"e{500 + u}" for u in range(4)} - answered(records)
+    assert not unanswered, f"{sorted(unanswered)} unanswered; worker log ends:\n{log.read_text()[-4000:]}"
     last = {r["event_id"]: r for r in records["recommendations"]}
     for u in range(4):
         answer = last[f"e{500 + u}"]
