@@ -17,18 +17,17 @@ A purchased anchor is context, not a member: its bundle is built from its comple
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from weakref import WeakKeyDictionary
 
 import numpy as np
-from pydantic import BaseModel
 
 from model.complement.model import ComplementModel
-from model.explain import Driver, Evidence, Reasons, describe, drivers_from, leave_one_out
+from model.explain import Attribution, Driver, Evidence, Reasons, describe, drivers_from
 from model.neardup import NearDuplicateIndex, ProductKinds
-from model.sasrec.encode import EncodedSessions
 
 if TYPE_CHECKING:
     from model.recommender import Recommender
@@ -36,9 +35,11 @@ if TYPE_CHECKING:
 RELEVANCE_WEIGHT = 0.3
 CANDIDATES_PER_ANCHOR = 60
 MIN_SIZE, MAX_SIZE = 2, 4
+POOL_CACHE_SIZE = 4096  # anchors whose candidate pools an item space keeps (a few KB each)
 
 
-class ExplainedBundle(BaseModel):
+@dataclass(slots=True)
+class ExplainedBundle:
     items: list[str]
     anchor: str
     score: float
@@ -71,6 +72,58 @@ class ItemSpace:
     row_prices: np.ndarray  # as prices.get(item, 0.0)
     catalogue: Collection[str] | None
     listed: np.ndarray  # in the catalogue (all rows when there is none)
+    pools: OrderedDict[str, AnchorPool] = field(default_factory=OrderedDict)  # LRU, see `anchor_pool`
+
+
+class AnchorPool:
+    """An anchor's candidate members with everything assembly asks about them that is the same for every
+    user: popular anchors recur across users, so this is computed once per anchor, not once per answer.
+
+    `rows`: the anchor's complements that are listed and not near-duplicates of the anchor, in item-id
+    order (ties go to the smallest id). Member-to-member strengths and near-duplicates are filled in row
+    by row as members get picked.
+    """
+
+    def __init__(self, space: ItemSpace, anchor: str) -> None:
+        complements, near = space.complements, space.near
+        self.space = space
+        anchor_row = complements.vocab.get(anchor)
+        anchors = [] if anchor_row is None else [anchor_row]
+        rows, _ = complements.complete_rows(anchors, CANDIDATES_PER_ANCHOR)
+        rows = rows[space.listed[rows] & ~_in_sorted(rows, near.near_duplicates(anchor))]
+        self.rows = rows[np.argsort(space.id_rank[rows])]
+        self.kinds = near.kind_ids[self.rows]
+        self.prices = space.row_prices[self.rows]
+        self.anchor_fit = (
+            np.zeros(len(self.rows)) if anchor_row is None else complements.strength(anchor_row, self.rows)
+        )
+        self._fit: dict[int, np.ndarray] = {}
+        self._near: dict[int, np.ndarray] = {}
+
+    def fit_with(self, member: int) -> np.ndarray:
+        """Complement strength of every pool row with pool row `member`."""
+        if member not in self._fit:
+            self._fit[member] = self.space.complements.strength(int(self.rows[member]), self.rows)
+        return self._fit[member]
+
+    def near_to(self, member: int) -> np.ndarray:
+        """Which pool rows are near-duplicates of pool row `member`."""
+        if member not in self._near:
+            item = self.space.complements.vocab.item_ids[self.rows[member]]
+            self._near[member] = _in_sorted(self.rows, self.space.near.near_duplicates(item))
+        return self._near[member]
+
+
+def anchor_pool(space: ItemSpace, anchor: str) -> AnchorPool:
+    """The anchor's pool, from the space's least-recently-used cache."""
+    pool = space.pools.get(anchor)
+    if pool is None:
+        pool = space.pools[anchor] = AnchorPool(space, anchor)
+        if len(space.pools) > POOL_CACHE_SIZE:
+            space.pools.popitem(last=False)
+    else:
+        space.pools.move_to_end(anchor)
+    return pool
 
 
 _NEAR: WeakKeyDictionary[ComplementModel, WeakKeyDictionary[ProductKinds, NearDuplicateIndex]] = (
@@ -169,50 +222,39 @@ def _assemble_one(
     excluded: set[str],
     excluded_rows: np.ndarray,
 ) -> Assembled | None:
-    """One greedy bundle; every candidate of the pool is scored at once, in item-id order."""
-    complements, near = space.complements, space.near
+    """One greedy bundle; every candidate of the anchor's pool is scored at once."""
     allowed = anchor not in excluded and (space.catalogue is None or anchor in space.catalogue)
     members = [anchor] if allowed else []
     spent = sum(space.prices.get(item, 0.0) for item in members)
     if budget is not None and spent > budget:
         return None
-    anchor_row = complements.vocab.get(anchor)
-    pool, _ = complements.complete_rows([] if anchor_row is None else [anchor_row], CANDIDATES_PER_ANCHOR)
-    keep = (
-        space.listed[pool]
-        & ~_in_sorted(pool, excluded_rows)
-        & ~_in_sorted(pool, near.near_duplicates(anchor))
-    )
-    pool = pool[keep]
-    pool = pool[np.argsort(space.id_rank[pool])]
-    relevance_scaled = _unit_scale(relevance.of_rows(pool))
-    pool_kinds, pool_prices = near.kind_ids[pool], space.row_prices[pool]
-    fit_sum = np.zeros(len(pool)) if anchor_row is None else complements.strength(anchor_row, pool)
+    pool = anchor_pool(space, anchor)
+    remaining = ~_in_sorted(pool.rows, excluded_rows)
+    relevance_scaled = _unit_scale(relevance.of_rows(pool.rows), over=remaining)
+    fit_sum = pool.anchor_fit.copy()
     context_size = 1
-    remaining = np.ones(len(pool), dtype=bool)
-    duplicate = np.zeros(len(pool), dtype=bool)  # a near-duplicate of a member chosen so far
+    duplicate = np.zeros(len(pool.rows), dtype=bool)  # a near-duplicate of a member chosen so far
     pair_fit: list[float] = []
     while len(members) < size and remaining.any():
         fits = fit_sum / context_size
         eligible = remaining & ~duplicate
         if budget is not None:
-            eligible &= ~(spent + pool_prices > budget)
+            eligible &= ~(spent + pool.prices > budget)
         single_kind = len({space.kinds.kind(m) for m in members}) <= 1 and len(members) == size - 1
-        if single_kind and members:
-            eligible &= pool_kinds != near.kind_id(members[0])
+        if single_kind and members:  # the last slot must add a second kind
+            eligible &= pool.kinds != space.near.kind_id(members[0])
         if not eligible.any():
             break
         fit_scaled = _unit_scale(fits, over=remaining)
         value = (1 - RELEVANCE_WEIGHT) * fit_scaled + RELEVANCE_WEIGHT * relevance_scaled
         best = int(np.argmax(np.where(eligible, value, -np.inf)))
-        row = int(pool[best])
-        item = complements.vocab.item_ids[row]
+        item = space.complements.vocab.item_ids[pool.rows[best]]
         members.append(item)
         pair_fit.append(float(fits[best]))
         spent += space.prices.get(item, 0.0)
         remaining[best] = False
-        duplicate |= _in_sorted(pool, near.near_duplicates(item))
-        fit_sum += complements.strength(row, pool)
+        duplicate |= pool.near_to(best)
+        fit_sum += pool.fit_with(best)
         context_size += 1
     if len(members) < MIN_SIZE:
         return None
@@ -274,63 +316,55 @@ def context_for(rec: Recommender) -> BundleContext:
     return _CONTEXTS[rec]
 
 
-def bundles_batch(
+def explained_bundles(
     rec: Recommender,
+    attribution: Attribution,
+    candidates: Sequence[Sequence[tuple[str, float]]],
     histories: Sequence[Sequence[str]],
-    types: Sequence[Sequence[str]] | None = None,
-    carts: Sequence[Sequence[str]] | None = None,
-    excludes: Sequence[Collection[str]] | None = None,
+    types: Sequence[Sequence[str]],
+    carts: Sequence[Sequence[str]],
+    excludes: Sequence[Collection[str]],
     n: int = 3,
     size: int = 3,
     budget: float | None = None,
 ) -> list[list[ExplainedBundle]]:
-    """Explained bundles for a micro-batch of users: one encode for relevance, one for attribution.
+    """Explained bundles for a micro-batch of users, from what retrieval already computed for them.
 
+    `attribution` encodes these histories (`model.explain.attribute`) and `candidates` are the model's
+    picks for them (`Recommender.search`, CANDIDATES_PER_ANCHOR deep): no forward or search of its own.
     A user with no known item (in history or cart) gets no bundles: there is nothing to anchor them on.
-    Attribution runs only for the users with a bundle anchored on a model pick (`explain_bundle`).
     """
     context = context_for(rec)
-    histories = [list(history) for history in histories]
-    all_types = [list(t) for t in types] if types is not None else [["view"] * len(h) for h in histories]
-    carts = carts if carts is not None else [()] * len(histories)
-    excludes = excludes if excludes is not None else [()] * len(histories)
-    sessions = rec.encode(histories, all_types)
-    candidates = rec.search(sessions, CANDIDATES_PER_ANCHOR, excludes)
-    assembled: list[list[Assembled]] = []
-    for row, (history, cart, excluded, ranked) in enumerate(
-        zip(histories, carts, excludes, candidates, strict=True)
+    answers: list[list[ExplainedBundle]] = []
+    for row, (history, event_types, cart, excluded, ranked) in enumerate(
+        zip(histories, types, carts, excludes, candidates, strict=True)
     ):
         known_cart = [item for item in reversed(cart) if item in rec.vocab]
         if not known_cart and not rec.known(history):
-            assembled.append([])
+            answers.append([])
             continue
         current = [history[-1]] if history and history[-1] in rec.vocab else []
         anchors = [*known_cart, *current, *(item for item, _ in ranked)]
-        relevance = _session_relevance(rec, context, sessions[row : row + 1])
-        assembled.append(assemble_in(context.space, anchors, relevance, n, size, budget, excluded))
-    attributed = [
-        i
-        for i, user in enumerate(assembled)
-        if any(_needs_attribution(b, histories[i], carts[i]) for b in user)
-    ]
-    drops = leave_one_out(
-        rec,
-        [histories[i] for i in attributed],
-        [all_types[i] for i in attributed],
-        [[b.anchor for b in assembled[i]] for i in attributed],
-    )
-    anchor_drops = [[[] for _ in user] for user in assembled]
-    for i, user_drops in zip(attributed, drops, strict=True):
-        anchor_drops[i] = user_drops
-    return [
-        [
-            explain_bundle(rec, context, bundle, history, event_types, cart, bundle_drops)
-            for bundle, bundle_drops in zip(user, user_drops, strict=True)
-        ]
-        for user, user_drops, history, event_types, cart in zip(
-            assembled, anchor_drops, histories, all_types, carts, strict=True
+        sessions = attribution.sessions
+        relevance = _session_relevance(rec, context, sessions.vectors[row], sessions.repeats[row])
+        assembled = assemble_in(context.space, anchors, relevance, n, size, budget, excluded)
+        attributed = [b.anchor for b in assembled if _needs_attribution(b, history, cart)]
+        drivers = dict(
+            zip(
+                attributed,
+                drivers_from(
+                    history, event_types, attribution.positions[row], attribution.drops(rec, row, attributed)
+                ),
+                strict=True,
+            )
         )
-    ]
+        answers.append(
+            [
+                explain_bundle(rec, context, bundle, history, event_types, cart, drivers.get(bundle.anchor))
+                for bundle in assembled
+            ]
+        )
+    return answers
 
 
 def _needs_attribution(bundle: Assembled, history: Sequence[str], cart: Sequence[str]) -> bool:
@@ -338,17 +372,26 @@ def _needs_attribution(bundle: Assembled, history: Sequence[str], cart: Sequence
     return bundle.anchor not in cart and not (history and bundle.anchor == history[-1])
 
 
-def _session_relevance(rec: Recommender, context: BundleContext, session: EncodedSessions) -> Relevance:
-    """This user's full model score of an item (0 for items the session model does not know)."""
-    scores = session.scores(rec.item_vectors)[0]
-    known = context.session_rows >= 0
-    by_row = np.where(known, scores[np.where(known, context.session_rows, 0)], 0.0).astype(np.float64)
+def _session_relevance(
+    rec: Recommender, context: BundleContext, vector: np.ndarray, repeats: Mapping[int, float]
+) -> Relevance:
+    """This user's full model score of an item (0 for items the session model does not know), computed
+    for the few items assembly asks about, not for the whole catalogue."""
 
-    def score(item: str) -> float:
+    def of_rows(rows: np.ndarray) -> np.ndarray:
+        session_rows = context.session_rows[rows]
+        known = session_rows >= 0
+        scores = np.zeros(len(rows), dtype=np.float64)
+        scores[known] = rec.item_vectors[session_rows[known]] @ vector
+        if repeats:
+            scores += [repeats.get(row, 0.0) for row in session_rows.tolist()]
+        return scores
+
+    def of_item(item: str) -> float:
         row = rec.vocab.get(item)
-        return 0.0 if row is None else float(scores[row])
+        return 0.0 if row is None else float(rec.item_vectors[row] @ vector + repeats.get(row, 0.0))
 
-    return Relevance(score, by_row.__getitem__)
+    return Relevance(of_item, of_rows)
 
 
 def explain_bundle(
@@ -358,24 +401,26 @@ def explain_bundle(
     history: Sequence[str],
     event_types: Sequence[str],
     cart: Sequence[str],
-    anchor_drops: Sequence[tuple[int, float]],
+    anchor_drivers: list[Driver] | None,
 ) -> ExplainedBundle:
-    """Reasons: the events behind the anchor, and each member's co-purchase evidence with the anchor."""
+    """Reasons: the events behind the anchor, and each member's co-purchase evidence with the anchor.
+
+    `anchor_drivers` are the anchor's leave-one-out drivers, needed unless it is in the cart or is the
+    current item (then that event is the driver).
+    """
     if bundle.anchor in cart:
-        drivers = [Driver(item_id=bundle.anchor, type="add_to_cart", weight=1.0)]
+        drivers = [Driver(bundle.anchor, "add_to_cart", 1.0)]
     elif history and bundle.anchor == history[-1]:
-        drivers = [Driver(item_id=bundle.anchor, type=event_types[-1], weight=1.0)]
+        drivers = [Driver(bundle.anchor, event_types[-1], 1.0)]
     else:
-        drivers = drivers_from(history, event_types, anchor_drops)
+        drivers = anchor_drivers or []
     evidence = []
     for item in bundle.items:
         if item != bundle.anchor:
             together, lift = context.space.complements.evidence(bundle.anchor, item)
-            evidence.append(
-                Evidence(item_id=item, with_item=bundle.anchor, pair_baskets=together, lift=round(lift, 3))
-            )
+            evidence.append(Evidence(item, bundle.anchor, together, round(lift, 3)))
     cold = any(e.pair_baskets == 0 for e in evidence)
-    reasons = Reasons(code="cold_start" if cold else "complement", drivers=drivers, evidence=evidence)
+    reasons = Reasons("cold_start" if cold else "complement", drivers, evidence)
     return ExplainedBundle(
         items=list(bundle.items),
         anchor=bundle.anchor,

@@ -20,10 +20,11 @@ JSON shape (what the stream puts into each output message, `reasons` of an item 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
 
 from model.sasrec.encode import EncodedSessions, encode_history, encode_sessions
 
@@ -37,26 +38,33 @@ ATTRIBUTION_WINDOW = 10
 COLD_INTERACTIONS = 5  # training interactions below which an item is explained as cold_start
 
 
-class Driver(BaseModel):
+# Plain slotted dataclasses (not frozen, not pydantic): an answer holds about a hundred of these, built
+# from values the model computed, so they need neither validation nor the cost of frozen setattr; the
+# published contract is stream/schemas/recommendation.schema.json.
+@dataclass(slots=True)
+class Driver:
     item_id: str
     type: str
     weight: float
 
 
-class Evidence(BaseModel):
+@dataclass(slots=True)
+class Evidence:
     item_id: str
     with_item: str
-    pair_baskets: int = Field(ge=0)
-    lift: float = Field(ge=0.0)
+    pair_baskets: int
+    lift: float
 
 
-class Reasons(BaseModel):
+@dataclass(slots=True)
+class Reasons:
     code: ReasonCode
-    drivers: list[Driver] = Field(default_factory=list)
-    evidence: list[Evidence] = Field(default_factory=list)
+    drivers: list[Driver] = field(default_factory=list)
+    evidence: list[Evidence] = field(default_factory=list)
 
 
-class ExplainedItem(BaseModel):
+@dataclass(slots=True)
+class ExplainedItem:
     item_id: str
     score: float
     reasons: Reasons
@@ -68,91 +76,125 @@ def describe(rec: Recommender, item_id: str) -> str:
     return rec.names.get(item_id) or item_id
 
 
-def leave_one_out(
-    rec: Recommender,
-    histories: Sequence[Sequence[str]],
-    types: Sequence[Sequence[str]] | None,
-    items: Sequence[Sequence[str]],
-) -> list[list[list[tuple[int, float]]]]:
-    """Per history and recommended item: (position, score drop) of each attributed event, largest first.
+@dataclass(frozen=True)
+class Attribution:
+    """A micro-batch of sessions encoded together with their leave-one-out variants, in one forward.
 
-    Positions index the history; only the last ATTRIBUTION_WINDOW events are attributed. One batched
-    forward covers every history and all its leave-one-out variants; each history is mapped to model
-    inputs once (a variant is its input minus one event), and identical inputs (a repeated event, or
-    two users with one history) are encoded once.
+    `sessions` (one row per history) is what retrieval searches with; `drops` then says, for any items,
+    how much each recent event raised their score. Encoding both at once means a batch costs one
+    forward for retrieval, item explanations and bundle explanations together.
+    """
+
+    encoded: EncodedSessions  # every distinct model input of the batch
+    rows: list[list[int]]  # per history: its full input's row, then one row per attributed position
+    positions: list[list[int]]  # per history: attributed history positions, aligned with rows[1:]
+
+    @cached_property
+    def sessions(self) -> EncodedSessions:
+        full = [rows[0] for rows in self.rows]
+        return EncodedSessions(self.encoded.vectors[full], [self.encoded.repeats[row] for row in full])
+
+    def drops(self, rec: Recommender, history: int, items: Sequence[str]) -> np.ndarray:
+        """(P, I): how much each item's full score (repeat bonus included) falls when each attributed
+        event of `history` is left out; 0 for items the model does not know."""
+        rows = self.rows[history]
+        item_rows = [rec.vocab.get(item) for item in items]
+        known = np.array([row is not None for row in item_rows], dtype=bool)
+        columns = np.array([row if row is not None else 0 for row in item_rows], dtype=np.int64)
+        scores = self.encoded.vectors[rows] @ rec.item_vectors[columns].T  # (1 + P, I)
+        # Leaving an event out can only remove repeat bonuses, so the full input's repeats are all there is.
+        session_items = self.encoded.repeats[rows[0]]
+        for column, item_row in enumerate(item_rows):
+            if item_row in session_items:
+                scores[:, column] += [self.encoded.repeats[row].get(item_row, 0.0) for row in rows]
+        return (scores[0] - scores[1:]) * known
+
+
+def attribute(
+    rec: Recommender, histories: Sequence[Sequence[str]], types: Sequence[Sequence[str]] | None
+) -> Attribution:
+    """Encode histories and their leave-one-out variants (the last ATTRIBUTION_WINDOW events each).
+
+    Each history is mapped to model inputs once (a variant is its input minus one event), and identical
+    inputs (a repeated event, or two users with one history) are encoded once. A history with no known
+    item gets a zero session vector and nothing to attribute, as in `Recommender.encode`.
     """
     inputs: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}  # distinct model input -> its row
 
     def row_of(indices: list[int], type_ids: list[int]) -> int:
         return inputs.setdefault((tuple(indices), tuple(type_ids)), len(inputs))
 
-    plans: list[tuple[list[int], list[int]]] = []  # per history: attributed positions, rows (full first)
+    rows: list[list[int]] = []
+    positions: list[list[int]] = []
     for row, history in enumerate(histories):
         indices, type_ids = encode_history(history, types[row] if types is not None else None, rec.vocab)
         known = [p for p, item in enumerate(history) if item in rec.vocab]  # aligned with `indices`
         window = [j for j, p in enumerate(known) if p >= len(history) - ATTRIBUTION_WINDOW]
-        rows = [row_of(indices, type_ids)]
-        rows += [row_of(indices[:j] + indices[j + 1 :], type_ids[:j] + type_ids[j + 1 :]) for j in window]
-        plans.append(([known[j] for j in window], rows))
-    distinct = list(inputs)
-    sessions = encode_sessions(rec.model, distinct, next(rec.model.parameters()).device)
-    sessions.vectors[[not indices for indices, _ in distinct]] = 0.0  # as `Recommender.encode`
-    drops: list[list[list[tuple[int, float]]]] = []
-    for (positions, rows), row_items in zip(plans, items, strict=True):
-        attributed = np.array(positions, dtype=np.int64)
-        item_rows = [rec.vocab.get(item) for item in row_items]
-        known_rows = np.array([r if r is not None else 0 for r in item_rows], dtype=np.int64)
-        variants = EncodedSessions(sessions.vectors[rows], [sessions.repeats[r] for r in rows])
-        # Full model scores (repeat bonus included), so dropping an item also drops its repeat bonus.
-        scores = variants.scores(rec.item_vectors, known_rows)  # (1 + P, I)
-        drop = scores[0] - scores[1:]  # (P, I): one sort for all items, largest drop first
-        order = np.argsort(-drop, axis=0, kind="stable")
-        sorted_positions = attributed[order].T.tolist()
-        sorted_drops = np.take_along_axis(drop, order, axis=0).T.tolist()
-        drops.append(
+        rows.append(
             [
-                [] if item_row is None or not positions else list(zip(at, by, strict=True))
-                for item_row, at, by in zip(item_rows, sorted_positions, sorted_drops, strict=True)
+                row_of(indices, type_ids),
+                *(row_of(indices[:j] + indices[j + 1 :], type_ids[:j] + type_ids[j + 1 :]) for j in window),
             ]
         )
-    return drops
+        positions.append([known[j] for j in window])
+    distinct = list(inputs)
+    encoded = encode_sessions(rec.model, distinct, next(rec.model.parameters()).device)
+    encoded.vectors[[not indices for indices, _ in distinct]] = 0.0
+    return Attribution(encoded, rows, positions)
 
 
 def drivers_from(
-    history: Sequence[str], event_types: Sequence[str], drops: Sequence[tuple[int, float]]
-) -> list[Driver]:
-    """The strongest positive events, one per item id."""
-    drivers: list[Driver] = []
-    seen: set[str] = set()
-    for position, weight in drops:
-        if weight <= 0 or len(drivers) == MAX_DRIVERS:
-            break
-        if history[position] not in seen:
-            seen.add(history[position])
-            drivers.append(
-                Driver(item_id=history[position], type=event_types[position], weight=round(weight, 4))
-            )
-    return drivers
+    history: Sequence[str], event_types: Sequence[str], positions: Sequence[int], drops: np.ndarray
+) -> list[list[Driver]]:
+    """Per item (a column of `drops`, see `Attribution.drops`): its strongest positive events, one per
+    item id, at most MAX_DRIVERS, strongest first (ties: the older event); weights rounded to 4 places."""
+    if len(positions) == 0:
+        return [[] for _ in range(drops.shape[1])]
+    repeated = len(positions) - len({history[p] for p in positions})
+    # Enough of each column's best rows to find MAX_DRIVERS distinct item ids among them.
+    depth = min(len(positions), MAX_DRIVERS + repeated)
+    order = np.argsort(-drops, axis=0, kind="stable")[:depth]
+    weights = np.round(np.take_along_axis(drops, order, axis=0).astype(np.float64), 4).T.tolist()
+    places = np.asarray(positions)[order].T.tolist()
+    if not repeated:  # every attributed event is a different item: the best rows are the drivers
+        return [
+            [Driver(history[p], event_types[p], w) for w, p in zip(ws, ps, strict=True) if w > 0]
+            for ws, ps in zip(weights, places, strict=True)
+        ]
+    answers = []
+    for ws, ps in zip(weights, places, strict=True):
+        drivers: list[Driver] = []
+        named: set[str] = set()
+        for weight, position in zip(ws, ps, strict=True):
+            if weight <= 0 or len(drivers) == MAX_DRIVERS:
+                break
+            if history[position] not in named:
+                named.add(history[position])
+                drivers.append(Driver(history[position], event_types[position], weight))
+        answers.append(drivers)
+    return answers
 
 
 def explain_items(
     rec: Recommender,
+    attribution: Attribution,
     histories: Sequence[Sequence[str]],
-    types: Sequence[Sequence[str]] | None,
+    types: Sequence[Sequence[str]],
     recommendations: Sequence[Sequence[tuple[str, float]]],
 ) -> list[list[ExplainedItem]]:
-    """Reasons and a one-line explanation for every recommended item of a micro-batch of users."""
-    histories = [list(history) for history in histories]
-    all_types = [list(t) for t in types] if types is not None else [["view"] * len(h) for h in histories]
-    drops = leave_one_out(rec, histories, all_types, [[item for item, _ in recs] for recs in recommendations])
+    """Reasons and a one-line explanation for every recommended item of a micro-batch of users
+    (`attribution` from `attribute` over the same histories)."""
     answers = []
-    for history, event_types, recs, item_drops in zip(
-        histories, all_types, recommendations, drops, strict=True
-    ):
+    for row, (history, event_types, recs) in enumerate(zip(histories, types, recommendations, strict=True)):
         personal = rec.known(history)
+        items = [item for item, _ in recs]
+        drivers = (
+            drivers_from(history, event_types, attribution.positions[row], attribution.drops(rec, row, items))
+            if personal
+            else [[] for _ in items]
+        )
         answer = []
-        for (item, score), item_drop in zip(recs, item_drops, strict=True):
-            drivers = drivers_from(history, event_types, item_drop) if personal else []
+        for (item, score), item_drivers in zip(recs, drivers, strict=True):
             code: ReasonCode
             if not personal:
                 code = "popular"
@@ -162,15 +204,8 @@ def explain_items(
                 code = "cold_start"
             else:
                 code = "personalized"
-            reasons = Reasons(code=code, drivers=drivers)
-            answer.append(
-                ExplainedItem(
-                    item_id=item,
-                    score=round(score, 6),
-                    reasons=reasons,
-                    explanation=item_line(rec, item, reasons),
-                )
-            )
+            reasons = Reasons(code, item_drivers)
+            answer.append(ExplainedItem(item, round(score, 6), reasons, item_line(rec, item, reasons)))
         answers.append(answer)
     return answers
 

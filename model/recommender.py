@@ -18,9 +18,10 @@ import torch
 
 from index.faiss_index import ItemIndex
 from model.artifacts import CONFIG, new_version, resolve_version
-from model.bundles import ExplainedBundle, bundles_batch
+from model.bundles import CANDIDATES_PER_ANCHOR, ExplainedBundle, explained_bundles
 from model.complement.model import ComplementModel
 from model.data import Case, Dataset, Session, item_names
+from model.explain import attribute
 from model.sasrec.encode import EncodedSessions, encode_history, encode_sessions
 from model.sasrec.model import SASRec, SASRecConfig
 from model.vocab import ItemVocab
@@ -145,12 +146,17 @@ class Recommender:
         scores, ids = self.index.search(sessions.vectors, fetch, excluded)
         answers = []
         for row, repeats in enumerate(sessions.repeats):
-            ranked = {int(i): float(s) for s, i in zip(scores[row], ids[row], strict=True) if i >= 0}
-            for item, bonus in repeats.items():
-                if excluded is None or item not in excluded[row]:
-                    ranked[item] = float(sessions.vectors[row] @ self.item_vectors[item]) + bonus
-            best = sorted(ranked.items(), key=lambda pair: (-pair[1], pair[0]))[:k]
-            answers.append([(self.vocab.item_ids[item], score) for item, score in best])
+            found = ids[row] >= 0
+            row_ids, row_scores = ids[row][found], scores[row][found].astype(np.float64)
+            rescored = [item for item in repeats if excluded is None or item not in excluded[row]]
+            if rescored:
+                others = ~np.isin(row_ids, rescored)
+                full = self.item_vectors[rescored] @ sessions.vectors[row] + [repeats[i] for i in rescored]
+                row_ids = np.concatenate([row_ids[others], rescored])
+                row_scores = np.concatenate([row_scores[others], full])
+            best = np.lexsort((row_ids, -row_scores))[:k]  # by score, ties by row
+            names = [self.vocab.item_ids[item] for item in row_ids[best].tolist()]
+            answers.append(list(zip(names, row_scores[best].tolist(), strict=True)))
         return answers
 
     def popular(self, k: int, exclude: Collection[str] = ()) -> list[Recommendation]:
@@ -196,6 +202,31 @@ class Recommender:
             raise ValueError(f"artifact {self.version} has no complement model (trained without baskets)")
         return self.complements.complete(items, k)
 
+    def bundles_batch(
+        self,
+        histories: Sequence[Sequence[str]],
+        types: Sequence[Sequence[str]] | None = None,
+        carts: Sequence[Sequence[str]] | None = None,
+        excludes: Sequence[Collection[str]] | None = None,
+        n: int = 3,
+        size: int = 3,
+        budget: float | None = None,
+    ) -> list[list[ExplainedBundle]]:
+        """Up to n explained bundles of `size` items per user (see model/bundles.py): one batched encode
+        (with the attribution their explanations need) and one search for all users."""
+        types = types if types is not None else [["view"] * len(history) for history in histories]
+        carts = carts if carts is not None else [()] * len(histories)
+        excludes = excludes if excludes is not None else [()] * len(histories)
+        attribution = attribute(self, histories, types)
+        candidates = self.search(
+            attribution.sessions,
+            CANDIDATES_PER_ANCHOR,
+            [{*excluded, *cart} for excluded, cart in zip(excludes, carts, strict=True)],
+        )
+        return explained_bundles(
+            self, attribution, candidates, histories, types, carts, excludes, n, size, budget
+        )
+
     def bundles(
         self,
         history: Sequence[str],
@@ -206,7 +237,7 @@ class Recommender:
         exclude: Collection[str] = (),
     ) -> list[ExplainedBundle]:
         """Up to n explained bundles of `size` items for one user (see model/bundles.py)."""
-        return bundles_batch(self, [history], None, [cart], [exclude], n=n, size=size, budget=budget)[0]
+        return self.bundles_batch([history], None, [cart], [exclude], n=n, size=size, budget=budget)[0]
 
 
 class RecommenderScorer:

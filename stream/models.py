@@ -13,7 +13,7 @@ from pathlib import Path
 
 from model import Recommender
 from model.artifacts import resolve_version
-from model.explain import explain_items
+from model.explain import attribute, explain_items
 from stream import metrics
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,9 @@ def load_warm(path: Path) -> Recommender:
     recommender = Recommender.load(path)
     popular = [item for item, _ in recommender.popular(2)]
     if popular:
-        explain_items(recommender, [popular[:1]], None, [[(popular[-1], 0.0)]])
+        history, types = [popular[:1]], [["view"]]
+        attribution = attribute(recommender, history, types)
+        explain_items(recommender, attribution, history, types, [[(popular[-1], 0.0)]])
         if recommender.complements is not None:
             recommender.bundles(popular[:1])
     return recommender

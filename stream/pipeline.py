@@ -1,8 +1,9 @@
 """One micro-batch, independent of Kafka: admit events into state, then answer them all at once.
 
 `admit` runs per message (validation, state update, stream popularity); `answer` runs once per batch
-with one model forward for the users with known items and one FAISS search, popularity for the rest,
-then batched explanations and bundles (`stream.answer.compose_answers`). The Faust agent in
+with one model forward (sessions and their leave-one-out variants, `model.explain.attribute`) and one
+FAISS search deep enough for both the items and the bundle anchors; users with no known item get
+popularity; then explanations and bundles (`stream.answer.compose_answers`). The Faust agent in
 `stream.worker` feeds these with Kafka messages and a RocksDB-backed table; tests feed them with dicts.
 """
 
@@ -13,8 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from model import Recommender
+from model.bundles import CANDIDATES_PER_ANCHOR
+from model.explain import attribute
 from stream import metrics
-from stream.answer import Answer, Ranked, compose_answers, personalized, popular
+from stream.answer import Answer, Ranked, compose_answers, popular
 from stream.config import StreamSettings
 from stream.events import ClickEvent, Limits, Rejection, parse_event
 from stream.popularity import DecayedPopularity
@@ -66,21 +69,20 @@ class Pipeline:
 
     def answer(self, recommender: Recommender, batch: Sequence[Admitted], now: float) -> list[Answer]:
         """Answers for a batch, in order: the model for users with a known item, popularity otherwise;
-        then explanations for all and bundles for users with a known item (batched, see stream.answer)."""
+        then explanations for all and bundles for users with a known item (batched, see stream.answer).
+
+        Purchased and in-cart items are excluded by the search itself, so its top k are the answer.
+        """
         states = [admitted.state for admitted in batch]
-        is_warm = [recommender.known(state.history) for state in states]
-        warm = [i for i, known in enumerate(is_warm) if known]
-        cold = [i for i, known in enumerate(is_warm) if not known]
-        rankings: list[Ranked] = [[] for _ in batch]
-        if warm:
-            with metrics.observe_stage("model"):
-                sessions = recommender.encode(
-                    [states[i].history for i in warm], [states[i].history_types for i in warm]
-                )
-            with metrics.observe_stage("faiss"):
-                ranked = recommender.search(sessions, self.k, [states[i].excluded for i in warm])
-            for i, candidates in zip(warm, ranked, strict=True):
-                rankings[i] = personalized(candidates, states[i], self.k)
+        with metrics.observe_stage("model"):
+            attribution = attribute(
+                recommender, [state.history for state in states], [state.history_types for state in states]
+            )
+        depth = max(self.k, CANDIDATES_PER_ANCHOR) if self.bundle_count else self.k
+        with metrics.observe_stage("faiss"):
+            candidates = recommender.search(attribution.sessions, depth, [state.excluded for state in states])
+        rankings: list[Ranked] = [ranked[: self.k] for ranked in candidates]
+        cold = [i for i, state in enumerate(states) if not recommender.known(state.history)]
         if cold:
             metrics.COLD_START_ANSWERS.inc(len(cold))
             depth = self.k + max(len(states[i].excluded) for i in cold)
@@ -90,4 +92,6 @@ class Pipeline:
             )
             for i in cold:
                 rankings[i] = popular(sources, states[i].excluded, self.k)
-        return compose_answers(recommender, states, rankings, self.bundle_count, self.bundle_size)
+        return compose_answers(
+            recommender, states, rankings, attribution, candidates, self.bundle_count, self.bundle_size
+        )

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from model.bundles import assemble, bundles_batch
+from model.bundles import assemble
 from model.complement.evaluate import (
     CompletionResult,
     CoPurchaseCompleter,
@@ -26,7 +26,7 @@ from model.complement.evaluate import (
 )
 from model.complement.model import ComplementModel
 from model.data import load_dataset
-from model.explain import leave_one_out
+from model.explain import attribute
 from model.neardup import ProductKinds
 from model.recommender import Recommender
 
@@ -127,12 +127,11 @@ def evaluate(
         test_cases = dataset.test[:max_cases]
         histories = [list(case.prefix) for case in test_cases]
         types = [list(case.prefix_types) for case in test_cases]
+        batches = tqdm(range(0, len(histories), 64), desc="bundles", disable=None, leave=False)
         served = [
             tuple(bundle.items)
-            for start in tqdm(range(0, len(histories), 64), desc="bundles", disable=None, leave=False)
-            for user in bundles_batch(
-                rec, histories[start : start + 64], types[start : start + 64], n=3, size=3
-            )
+            for start in batches
+            for user in rec.bundles_batch(histories[start : start + 64], types[start : start + 64])
             for bundle in user
         ]
         report["bundles_for_users"] = asdict(bundle_quality(served, kinds, catalogue_size))
@@ -156,13 +155,12 @@ def faithfulness(
         batch_histories = [histories[i] for i in rows]
         batch_types = [types[i] for i in rows]
         top = [answer[0][0] for answer in rec.recommend_batch(batch_histories, batch_types, k=1)]
-        drops = leave_one_out(rec, batch_histories, batch_types, [[item] for item in top])
-        for (item_drops,) in drops:
-            if len(item_drops) < 2:
+        attribution = attribute(rec, batch_histories, batch_types)
+        for row, item in enumerate(top):
+            drops = sorted(attribution.drops(rec, row, [item])[:, 0].tolist(), reverse=True)
+            if len(drops) < 2:
                 continue
-            strongest = item_drops[0]
-            random_other = rng.choice(item_drops[1:])
-            wins += strongest[1] > random_other[1]
+            wins += drops[0] > rng.choice(drops[1:])
             total += 1
     return {"cases": total, "strongest_beats_random": wins / max(total, 1)}
 

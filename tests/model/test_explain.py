@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from pydantic_core import to_json
 
 from model.complement.cli import faithfulness
 from model.data import Dataset
-from model.explain import ExplainedItem, Reasons, explain_items, leave_one_out
+from model.explain import Driver, Evidence, Reasons, attribute, drivers_from, explain_items
 from model.recommender import Recommender
 
 
@@ -22,7 +25,7 @@ def test_every_item_is_explained(rec: Recommender, online_retail_sample: Dataset
     histories = [list(case.prefix) for case in cases] + [[], ["no-such-item"]]
     types = [list(case.prefix_types) for case in cases] + [[], ["view"]]
     recommendations = rec.recommend_batch(histories, types, k=5)
-    answers = explain_items(rec, histories, types, recommendations)
+    answers = explain_items(rec, attribute(rec, histories, types), histories, types, recommendations)
     assert [len(a) for a in answers] == [len(r) for r in recommendations]
     for history, answer in zip(histories, answers, strict=True):
         for item in answer:
@@ -35,7 +38,7 @@ def test_every_item_is_explained(rec: Recommender, online_retail_sample: Dataset
             }
             assert all(d.item_id in history and d.weight > 0 for d in item.reasons.drivers)
             assert (item.reasons.code == "repeat") == (item.item_id in history and rec.known(history))
-            assert ExplainedItem.model_validate_json(item.model_dump_json()) == item
+            assert set(json.loads(to_json(item))) == {"item_id", "score", "reasons", "explanation"}
     assert all(
         item.reasons.code == "popular" and not item.reasons.drivers for item in answers[-1] + answers[-2]
     )
@@ -43,33 +46,31 @@ def test_every_item_is_explained(rec: Recommender, online_retail_sample: Dataset
 
 
 def test_reason_json_shape() -> None:
-    reasons = Reasons.model_validate(
-        {
-            "code": "complement",
-            "evidence": [{"item_id": "a", "with_item": "b", "pair_baskets": 3, "lift": 2.5}],
-        }
-    )
-    assert reasons.model_dump() == {
+    reasons = Reasons("complement", [Driver("b", "view", 0.5)], [Evidence("a", "b", 3, 2.5)])
+    assert json.loads(to_json(reasons)) == {
         "code": "complement",
-        "drivers": [],
+        "drivers": [{"item_id": "b", "type": "view", "weight": 0.5}],
         "evidence": [{"item_id": "a", "with_item": "b", "pair_baskets": 3, "lift": 2.5}],
     }
-    with pytest.raises(ValueError):
-        Reasons.model_validate({"code": "because"})
+
+
+def without(sequence: list[str], position: int) -> list[str]:
+    return sequence[:position] + sequence[position + 1 :]
 
 
 def test_leave_one_out_matches_single_encodes(rec: Recommender, online_retail_sample: Dataset) -> None:
     case = next(c for c in online_retail_sample.test if len({i for i in c.prefix if i in rec.vocab}) >= 3)
     history, types = list(case.prefix), list(case.prefix_types)
     target = rec.recommend(history, k=1, types=types)[0][0]
-    ((drops,),) = leave_one_out(rec, [history], [types], [[target]])
-    position, drop = drops[0]
+    attribution = attribute(rec, [history], [types])
+    drops = attribution.drops(rec, 0, [target])[:, 0]
     row = rec.vocab.get(target)
-    full = rec.encode([history], [types]).scores(rec.item_vectors)[0, row]
-    without = rec.encode(
-        [history[:position] + history[position + 1 :]], [types[:position] + types[position + 1 :]]
-    ).scores(rec.item_vectors)[0, row]
-    assert drop == pytest.approx(float(full - without), abs=1e-4)
+    encoded = rec.encode([history], [types])
+    assert attribution.sessions.vectors[0] == pytest.approx(encoded.vectors[0], abs=1e-5)
+    full = encoded.scores(rec.item_vectors)[0, row]
+    for position, drop in zip(attribution.positions[0], drops, strict=True):
+        left_out = rec.encode([without(history, position)], [without(types, position)])
+        assert drop == pytest.approx(float(full - left_out.scores(rec.item_vectors)[0, row]), abs=1e-4)
 
 
 def test_strongest_reason_is_faithful(rec: Recommender, online_retail_sample: Dataset) -> None:
@@ -89,18 +90,34 @@ def test_leave_one_out_with_repeated_events_matches_single_encodes(
     history = [base[0], base[0], "no-such-item", *base, base[-1]]
     types = [base_types[0], base_types[0], "view", *base_types, base_types[-1]]
     targets = [item for item, _ in rec.recommend(history, k=3, types=types)]
-    (per_item,) = leave_one_out(rec, [history, history], [types, types], [targets, targets])[:1]
+    attribution = attribute(rec, [history, history], [types, types])
+    assert attribution.positions[0] == [p for p, i in enumerate(history) if i in rec.vocab]
+    assert attribution.rows[0] == attribution.rows[1]  # the second user's inputs are the first's
+    drops = attribution.drops(rec, 0, [*targets, "no-such-item"])
+    assert not drops[:, -1].any()
     rows = [rec.vocab.get(target) for target in targets]
     full = rec.encode([history], [types]).scores(rec.item_vectors)[0, rows]
-    for drops in per_item:
-        assert sorted(position for position, _ in drops) == [
-            p for p, i in enumerate(history) if i in rec.vocab
+    for position, position_drops in zip(attribution.positions[0], drops, strict=True):
+        left_out = rec.encode([without(history, position)], [without(types, position)])
+        expected = full - left_out.scores(rec.item_vectors)[0, rows]
+        assert position_drops[:-1] == pytest.approx(expected, abs=1e-4)
+    assert (drops[0] == drops[1]).all()  # the two identical events drop the score alike
+
+
+def test_drivers_are_the_strongest_positive_events_one_per_item() -> None:
+    history = ["a", "b", "a", "c", "d"]
+    types = ["view", "view", "add_to_cart", "view", "purchase"]
+    positions = [0, 1, 2, 3, 4]
+    drops = np.array(
+        [  # one column per recommended item
+            [0.5, -0.1],
+            [0.2, -0.2],
+            [0.9, -0.3],
+            [0.1, -0.4],
+            [-0.3, 0.0],
         ]
-        assert [d for _, d in drops] == sorted((d for _, d in drops), reverse=True)
-    for column, drops in enumerate(per_item):
-        for position, drop in drops:
-            without = rec.encode(
-                [history[:position] + history[position + 1 :]], [types[:position] + types[position + 1 :]]
-            ).scores(rec.item_vectors)[0, rows[column]]
-            assert drop == pytest.approx(float(full[column] - without), abs=1e-4)
-    assert dict(per_item[0])[0] == dict(per_item[0])[1]  # the two identical events drop the score alike
+    )
+    strong, none = drivers_from(history, types, positions, drops)
+    assert strong == [Driver("a", "add_to_cart", 0.9), Driver("b", "view", 0.2), Driver("c", "view", 0.1)]
+    assert none == []
+    assert drivers_from(history, types, [], np.zeros((0, 2))) == [[], []]

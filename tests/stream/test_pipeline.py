@@ -12,12 +12,11 @@ import pytest
 
 from model import Recommender
 from model.explain import ExplainedItem, Reasons
-from stream.answer import Answer, personalized, popular, recommendation_message
+from stream.answer import Answer, popular, recommendation_message
 from stream.config import StreamSettings
 from stream.events import ClickEvent, Rejection
 from stream.pipeline import Admitted, Pipeline
 from stream.schemas import load_schema
-from stream.state import UserState
 
 
 @pytest.fixture(scope="module")
@@ -34,21 +33,6 @@ def admit_all(pipeline: Pipeline, states: dict, messages: list[tuple[bytes, byte
     admitted = [pipeline.admit(key, value, states, arrived=0.0, now=100.0) for key, value in messages]
     assert not any(isinstance(a, Rejection) for a in admitted)
     return admitted  # type: ignore[return-value]
-
-
-def test_personalized_filters_bought_and_in_cart_items() -> None:
-    state = UserState.from_json(
-        {
-            "events": [["e1", "a", "view", 1.0]],
-            "cart": ["c"],
-            "purchased": ["p"],
-            "last_event_ts": 1.0,
-            "updated_at": 0.0,
-            "sessions": 1,
-        }
-    )
-    items = personalized([("p", 0.9), ("a", 0.8), ("c", 0.7), ("x", 0.6), ("y", 0.5)], state, k=2)
-    assert items == [("a", 0.8), ("x", 0.6)]
 
 
 def test_popular_prefers_the_first_source_and_skips_excluded() -> None:
@@ -148,6 +132,7 @@ def test_warm_answers_carry_explained_bundles_and_cold_answers_none(recommender:
         drivers = {d.item_id for i in answer.items for d in i.reasons.drivers}
         assert drivers and drivers <= history
     assert all(bought not in b.items for b in u1.bundles)  # purchased: never offered again
+    assert not {items[1], bought} & {i.item_id for i in u1.items}  # in the cart or bought: not an item pick
     assert u1.bundles[0].anchor == items[1]  # the cart anchors the first bundle
     assert newcomer.bundles == () and {i.reasons.code for i in newcomer.items} == {"popular"}
     assert all(i.explanation for a in answers for i in a.items)
