@@ -1,10 +1,11 @@
 """One micro-batch, independent of Kafka: admit events into state, then answer them all at once.
 
 `admit` runs per message (validation, state update, stream popularity); `answer` runs once per batch
-with one model forward (sessions and their leave-one-out variants, `model.explain.attribute`) and one
-FAISS search deep enough for both the items and the bundle anchors; users with no known item get
-popularity; then explanations and bundles (`stream.answer.compose_answers`). The Faust agent in
-`stream.worker` feeds these with Kafka messages and a RocksDB-backed table; tests feed them with dicts.
+(once per user in it) with one model forward (sessions and their leave-one-out variants,
+`model.explain.attribute`) and one FAISS search deep enough for both the items and the bundle anchors;
+users with no known item get popularity; then explanations and bundles (`stream.answer.compose_answers`).
+The Faust agent in `stream.worker` feeds these with Kafka messages and a RocksDB-backed table; tests feed
+them with dicts.
 """
 
 from __future__ import annotations
@@ -68,12 +69,31 @@ class Pipeline:
         return Admitted(parsed, state, arrived)
 
     def answer(self, recommender: Recommender, batch: Sequence[Admitted], now: float) -> list[Answer]:
-        """Answers for a batch, in order: the model for users with a known item, popularity otherwise;
-        then explanations for all and bundles for users with a known item (batched, see stream.answer).
+        """Answers for a batch, in order, one per event.
+
+        A user with several events in the batch is answered once, from the state after the last of them:
+        the freshest state the worker has when it answers, and one computation instead of several (shops
+        send bursts: an order's lines, a page's views). Each event still gets its own message.
+        """
+        last_state: dict[str, UserState] = {}
+        for admitted in batch:
+            last_state[admitted.event.user_id] = admitted.state
+        users = list(last_state)
+        answers, cold = self._answer_states(recommender, list(last_state.values()), now)
+        by_user = dict(zip(users, answers, strict=True))
+        cold_users = {users[i] for i in cold}
+        metrics.COLD_START_ANSWERS.inc(sum(admitted.event.user_id in cold_users for admitted in batch))
+        return [by_user[admitted.event.user_id] for admitted in batch]
+
+    def _answer_states(
+        self, recommender: Recommender, states: Sequence[UserState], now: float
+    ) -> tuple[list[Answer], list[int]]:
+        """One answer per state, and the positions of those answered by popularity: the model for states
+        with a known item, popularity otherwise; then explanations for all and bundles for states with a
+        known item (batched, see stream.answer).
 
         Purchased and in-cart items are excluded by the search itself, so its top k are the answer.
         """
-        states = [admitted.state for admitted in batch]
         with metrics.observe_stage("model"):
             attribution = attribute(
                 recommender, [state.history for state in states], [state.history_types for state in states]
@@ -84,7 +104,6 @@ class Pipeline:
         rankings: list[Ranked] = [ranked[: self.k] for ranked in candidates]
         cold = [i for i, state in enumerate(states) if not recommender.known(state.history)]
         if cold:
-            metrics.COLD_START_ANSWERS.inc(len(cold))
             depth = self.k + max(len(states[i].excluded) for i in cold)
             sources = (
                 self.popularity.top(depth, now, recommender.vocab),
@@ -92,6 +111,7 @@ class Pipeline:
             )
             for i in cold:
                 rankings[i] = popular(sources, states[i].excluded, self.k)
-        return compose_answers(
+        answers = compose_answers(
             recommender, states, rankings, attribution, candidates, self.bundle_count, self.bundle_size
         )
+        return answers, cold

@@ -60,11 +60,32 @@ def test_later_answers_reflect_earlier_events(recommender: Recommender) -> None:
     after = recommender.encode([later[-1].state.history], [later[-1].state.history_types])
     assert not np.allclose(before.vectors, after.vectors)
 
-    answers = pipeline.answer(recommender, [*first, *later], now=100.0)
-    assert [len(a.items) for a in answers] == [10, 10, 10]
-    assert answers[0].items != answers[2].items
-    assert items[2] not in {i.item_id for i in answers[2].items}  # purchased: never recommended again
+    answers = [pipeline.answer(recommender, [admitted], now=100.0)[0] for admitted in (first[0], later[-1])]
+    assert [len(a.items) for a in answers] == [10, 10]
+    assert answers[0].items != answers[1].items
+    assert items[2] not in {i.item_id for i in answers[1].items}  # purchased: never recommended again
     assert all(i.reasons.code in ("personalized", "repeat", "cold_start") for a in answers for i in a.items)
+
+
+def test_a_users_events_in_one_batch_are_answered_from_their_latest_state(recommender: Recommender) -> None:
+    pipeline = Pipeline(StreamSettings(top_k=10))
+    states: dict[bytes, dict] = {}
+    items = recommender.vocab.item_ids
+    batch = admit_all(
+        pipeline,
+        states,
+        [message(1, "u1", items[0]), message(2, "u2", items[3]), message(3, "u1", items[1], "purchase")],
+    )
+    answers = pipeline.answer(recommender, batch, now=100.0)
+    latest_u1 = pipeline.answer(recommender, batch[2:], now=100.0)[0]
+    alone_u2 = pipeline.answer(recommender, batch[1:2], now=100.0)[0]
+    assert answers[0] is answers[2]  # computed once for u1
+
+    def picks(answer: Answer) -> tuple[list[str], list[tuple[str, ...]]]:  # batch padding moves scores ~1e-6
+        return [i.item_id for i in answer.items], [b.items for b in answer.bundles]
+
+    assert [picks(a) for a in answers[:2]] == [picks(latest_u1), picks(alone_u2)]
+    assert items[1] not in {i.item_id for i in answers[0].items}  # bought later in the batch: excluded
 
 
 def test_purchased_items_are_excluded_even_when_the_model_ranks_them_first(recommender: Recommender) -> None:
