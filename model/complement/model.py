@@ -50,8 +50,8 @@ FILES = {
 class ComplementConfig:
     size_power: float = 1.0
     popularity_power: float = 0.1
-    recency_scale: float = 1.0
-    prior_strength: float = 5.0
+    recency_scale: float = 0.5
+    prior_strength: float = 10.0
     text_neighbours: int = 10
     neighbours: int = 200
     coview_penalty: float = 1.0
