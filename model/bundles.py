@@ -335,6 +335,7 @@ def explained_bundles(
     A user with no known item (in history or cart) gets no bundles: there is nothing to anchor them on.
     """
     context = context_for(rec)
+    sessions = attribution.sessions
     answers: list[list[ExplainedBundle]] = []
     for row, (history, event_types, cart, excluded, ranked) in enumerate(
         zip(histories, types, carts, excludes, candidates, strict=True)
@@ -345,7 +346,6 @@ def explained_bundles(
             continue
         current = [history[-1]] if history and history[-1] in rec.vocab else []
         anchors = [*known_cart, *current, *(item for item, _ in ranked)]
-        sessions = attribution.sessions
         relevance = _session_relevance(rec, context, sessions.vectors[row], sessions.repeats[row])
         assembled = assemble_in(context.space, anchors, relevance, n, size, budget, excluded)
         attributed = [b.anchor for b in assembled if _needs_attribution(b, history, cart)]
