@@ -47,7 +47,10 @@ def train(
         ..., "--out", "-o", help="Artifact root; each run adds a new version inside it."
     ),
     epochs: int = typer.Option(TrainConfig.epochs, help="Most epochs; early stopping may end sooner."),
-    batch_size: int = typer.Option(TrainConfig.batch_size, help="Sessions per step."),
+    batch_size: int = typer.Option(TrainConfig.batch_size, help="Most session windows per step."),
+    step_targets: int = typer.Option(
+        TrainConfig.step_targets, help="Most predicted events per step (long sessions are split over steps)."
+    ),
     lr: float = typer.Option(TrainConfig.lr, help="AdamW learning rate."),
     negatives: int = typer.Option(
         TrainConfig.negatives, help="Shared uniform negatives per step (sampled softmax); 0 = full softmax."
@@ -83,6 +86,7 @@ def train(
     config = TrainConfig(
         epochs=epochs,
         batch_size=batch_size,
+        step_targets=step_targets,
         lr=lr,
         negatives=negatives,
         patience=patience,

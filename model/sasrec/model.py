@@ -29,7 +29,7 @@ PAD = 0
 class SASRecConfig:
     n_items: int
     max_len: int = 50
-    dim: int = 64
+    dim: int = 96
     n_layers: int = 2
     n_heads: int = 2
     dropout: float = 0.25
@@ -120,10 +120,10 @@ class SASRec(nn.Module):
         """Session vectors whose inner product with `item_vectors` is the score (cosine / temperature)."""
         return F.normalize(hidden, dim=-1) / self.config.temperature
 
-    def repeat_bonus(self, state: torch.Tensor, types: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
-        """Bonus of a session event for one prediction: `state` is the predicting position's hidden
-        state, `types` the event's type, `distance` how many events before that position it happened."""
-        gate = self.repeat_gate(state).squeeze(-1)
+    def repeat_bonus(self, gate: torch.Tensor, types: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
+        """Bonus of a session event for one prediction: `gate` is `repeat_gate` of the predicting
+        position's hidden state (computed once per position, not once per event pair), `types` the
+        event's type, `distance` how many events before that position it happened."""
         return F.softplus(gate + self.repeat_distance[distance] + self.repeat_type[types])
 
     def encode_last(self, items: torch.Tensor, types: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,8 +132,8 @@ class SASRec(nn.Module):
         hidden = self.hidden(items, types)[:, -1]
         length = items.shape[1]
         distance = (length - 1 - torch.arange(length, device=items.device)).expand_as(items)
-        state = hidden[:, None, :].expand(-1, length, -1)
-        bonus = self.repeat_bonus(state, types, distance) * (items != PAD) * self.config.repeat_scale
+        gate = self.repeat_gate(hidden)  # (B, 1): broadcasts over the history positions
+        bonus = self.repeat_bonus(gate, types, distance) * (items != PAD) * self.config.repeat_scale
         return self.session_vectors(hidden), bonus
 
     def loss(
@@ -170,7 +170,8 @@ class SASRec(nn.Module):
         pairs = has_target[:, :, None] & (items != PAD)[:, None, :] & (distance >= 0)
         b, t, j = pairs.nonzero(as_tuple=True)
         row_of = (has_target.flatten().cumsum(0) - 1).view(batch, length)
-        bonus = self.repeat_bonus(hidden[b, t], types[b, j], distance[t, j])
+        gate = self.repeat_gate(hidden).squeeze(-1)
+        bonus = self.repeat_bonus(gate[b, t], types[b, j], distance[t, j])
         logits = logits.index_put((row_of[b, t], columns[b, j]), bonus, accumulate=True)
         target = targets[has_target]
         if candidates is not None:

@@ -17,6 +17,7 @@ from model.sasrec.train import (
     train,
     training_batches,
     training_windows,
+    window_chunks,
 )
 from model.vocab import ItemVocab
 
@@ -86,7 +87,8 @@ def test_long_sessions_become_windows_that_cover_every_target() -> None:
 def test_batches_hold_every_window_once_with_aligned_targets() -> None:
     windows = [([1, 2, 3], [1, 1, 1]), ([4, 5], [1, 1]), ([6, 7, 8, 9], [1, 1, 1, 1])]
     seen = []
-    for items, _, targets in training_batches(windows, batch_size=2, rng=random.Random(0)):
+    chunks = window_chunks([len(items) for items, _ in windows], 2, 100, random.Random(0))
+    for items, _, targets in training_batches(windows, chunks):
         for row_items, row_targets in zip(items.tolist(), targets.tolist(), strict=True):
             pairs = [(i, t) for i, t in zip(row_items, row_targets, strict=True) if i != PAD]
             seen.append(pairs)
@@ -96,6 +98,22 @@ def test_batches_hold_every_window_once_with_aligned_targets() -> None:
                 if t >= 0 and nxt
             )
     assert sorted(len(p) for p in seen) == [1, 2, 3]
+
+
+def test_steps_are_capped_by_predicted_events_and_windows() -> None:
+    lengths = [2] * 8 + [11] * 6  # 1 and 10 predicted events per window
+    chunks = window_chunks(lengths, batch_size=4, step_targets=25, rng=random.Random(0))
+    assert sorted(i for chunk in chunks for i in chunk) == list(range(14))
+    assert all(len(chunk) <= 4 for chunk in chunks)
+    assert all(sum(lengths[i] - 1 for i in chunk) <= 25 for chunk in chunks)
+    assert sorted(len(chunk) for chunk in chunks if lengths[chunk[0]] == 11) == [2, 2, 2]
+
+
+def test_a_window_longer_than_the_cap_still_gets_a_step() -> None:
+    assert window_chunks([50, 3], batch_size=8, step_targets=10, rng=random.Random(0)) in (
+        [[1], [0]],
+        [[0], [1]],
+    )
 
 
 def test_sampled_softmax_candidates_contain_every_target_with_their_log_q() -> None:
@@ -146,7 +164,7 @@ def test_training_learns_a_deterministic_pattern(negatives: int) -> None:
     )
     history = report["history"]
     assert history[-1]["loss"] < history[0]["loss"]
-    assert report["best_valid_mrr@20"] == pytest.approx(1.0)
+    assert report["best_valid_served"] == pytest.approx(2.0)  # HR@20 1 + MRR@20 1
 
 
 def test_cooccurrence_init_places_items_of_the_same_sessions_together() -> None:
@@ -170,7 +188,7 @@ def test_repeat_scale_is_calibrated_to_the_best_validation_weight() -> None:
     sessions = [views([a, b, a, b, a, b]) for a, b in pairs for _ in range(4)]
     vocab = ItemVocab.from_sequences(s.items for s in sessions)
     valid = [Case((a, b), ("view", "view"), a) for a, b in pairs]
-    model, _ = train(
+    model, report = train(
         sessions,
         valid,
         vocab,
@@ -181,6 +199,7 @@ def test_repeat_scale_is_calibrated_to_the_best_validation_weight() -> None:
     assert set(results) == set(REPEAT_SCALES)
     best = max(results, key=lambda s: results[s]["hr@20"] + results[s]["mrr@20"])
     assert model.config.repeat_scale == best
+    assert report["best_valid_served"] == pytest.approx(results[best]["hr@20"] + results[best]["mrr@20"])
 
 
 def test_left_pad_keeps_the_latest_values_right_aligned() -> None:
