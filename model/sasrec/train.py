@@ -192,34 +192,14 @@ def validation_scores(
 
 
 def best_repeat_scale(results: dict[float, dict[str, float]]) -> float:
-    """The repeat weight with the best HR@20 + MRR@20."""
-    return max(results, key=lambda s: results[s]["hr@20"] + results[s]["mrr@20"])
-
-
-def validate(
-    model: SASRec, cases: Sequence[Case], vocab: ItemVocab, device: torch.device
-) -> dict[str, float]:
-    """One epoch's validation: HR@20 / MRR@20 as trained (repeat bonus x1), and `served`, the best
-    HR@20 + MRR@20 over repeat weights. Epochs are chosen on `served`: the weight is calibrated after
-    training, so the epoch that serves best is not always the one that is best at x1."""
-    results = validation_scores(model, cases, vocab, device, REPEAT_SCALES)
-    best = results[best_repeat_scale(results)]
-    return {**results[1.0], "served": best["hr@20"] + best["mrr@20"]}
-
-
-def calibrate_repeat_scale(
-    model: SASRec, cases: Sequence[Case], vocab: ItemVocab, device: torch.device
-) -> dict[float, dict[str, float]]:
-    """Pick the serving weight of the repeat bonus on validation (best HR@20 + MRR@20) and set it.
+    """The serving weight of the repeat bonus: the one with the best validation HR@20 + MRR@20.
 
     The bonus is learned jointly with the softmax, but the sampled softmax and dropout leave it
     under-weighted against the similarity term (a third of targets or more are repeats), so one scalar
-    is tuned after training, like a temperature.
+    is tuned after training, like a temperature. Epochs are chosen at that weight too: the epoch that
+    serves best is not always the one that is best at x1.
     """
-    model.config.repeat_scale = 1.0
-    results = validation_scores(model, cases, vocab, device, REPEAT_SCALES)
-    model.config.repeat_scale = best_repeat_scale(results)
-    return results
+    return max(results, key=lambda s: results[s]["hr@20"] + results[s]["mrr@20"])
 
 
 def train(
@@ -232,6 +212,8 @@ def train(
 ) -> tuple[SASRec, dict[str, object]]:
     """Train with early stopping; return the best model on validation and the training history."""
     set_seed(config.seed)
+    if valid_cases:  # the repeat weight is calibrated on validation, so training scores it at x1
+        model_config = replace(model_config, repeat_scale=1.0)
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
@@ -259,6 +241,7 @@ def train(
         valid = random.Random(config.seed).sample(valid, config.max_valid_cases)
     rng = random.Random(config.seed)
     best_served, best_epoch, best_state, stale, history = -1.0, 0, None, 0, []
+    calibration: dict[float, dict[str, float]] = {}  # the chosen epoch's validation at every repeat weight
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         model.train()
@@ -283,8 +266,11 @@ def train(
             total, steps = total + loss.item(), steps + 1
             progress.set_postfix(loss=f"{total / steps:.3f}")
         record: dict[str, float] = {"epoch": epoch, "loss": total / max(steps, 1)}
+        scales: dict[float, dict[str, float]] = {}
         if valid:
-            record |= validate(model, valid, vocab, device)
+            scales = validation_scores(model, valid, vocab, device, REPEAT_SCALES)
+            served = scales[best_repeat_scale(scales)]
+            record |= {**scales[1.0], "served": served["hr@20"] + served["mrr@20"]}
         record["seconds"] = time.perf_counter() - started
         history.append(record)
         tqdm.write(
@@ -300,6 +286,7 @@ def train(
         # Without validation cases (a refit on all training data) the last epoch is the model.
         if not valid or record["served"] > best_served:
             best_served, best_epoch, stale = record.get("served", best_served), epoch, 0
+            calibration = scales
             best_state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
             if checkpoint is not None:
                 torch.save(
@@ -312,8 +299,8 @@ def train(
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    calibration = calibrate_repeat_scale(model, valid, vocab, device) if valid else {}
     if calibration:
+        model.config.repeat_scale = best_repeat_scale(calibration)
         best = calibration[model.config.repeat_scale]
         tqdm.write(
             f"repeat bonus x{model.config.repeat_scale:g}: valid HR@20 {best['hr@20']:.4f}  "

@@ -182,7 +182,7 @@ def test_cooccurrence_init_places_items_of_the_same_sessions_together() -> None:
 def test_repeat_scale_is_calibrated_to_the_best_validation_weight() -> None:
     """Shoppers who go back and forth between two items: the serving weight must favour repeats."""
     from model.data import Case
-    from model.sasrec.train import REPEAT_SCALES, calibrate_repeat_scale
+    from model.sasrec.train import REPEAT_SCALES, validation_scores
 
     pairs = [(f"a{i}", f"b{i}") for i in range(12)]
     sessions = [views([a, b, a, b, a, b]) for a, b in pairs for _ in range(4)]
@@ -195,10 +195,15 @@ def test_repeat_scale_is_calibrated_to_the_best_validation_weight() -> None:
         SASRecConfig(n_items=len(vocab), max_len=6, dim=8, n_heads=1, n_layers=1, dropout=0.0),
         TrainConfig(epochs=2, batch_size=16, negatives=0, patience=2),
     )
-    results = calibrate_repeat_scale(model, valid, vocab, torch.device("cpu"))
+    results = {float(scale): scores for scale, scores in report["repeat_scale_validation"].items()}
     assert set(results) == set(REPEAT_SCALES)
     best = max(results, key=lambda s: results[s]["hr@20"] + results[s]["mrr@20"])
     assert model.config.repeat_scale == best
+    # The calibration was read off the chosen epoch's validation: the returned weights must reproduce it.
+    served_scale, model.config.repeat_scale = model.config.repeat_scale, 1.0
+    fresh = validation_scores(model, valid, vocab, torch.device("cpu"), REPEAT_SCALES)
+    model.config.repeat_scale = served_scale
+    assert {scale: pytest.approx(scores) for scale, scores in fresh.items()} == results
     assert report["best_valid_served"] == pytest.approx(results[best]["hr@20"] + results[best]["mrr@20"])
 
 
