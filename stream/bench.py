@@ -32,6 +32,7 @@ class StepResult:
     sustained: float  # answered events / (last answer - first send)
     p50_ms: float
     p99_ms: float
+    worker_p99_ms: float  # the answers' own latency_ms: arrival at the worker to publication
     batch_size: float  # mean events per micro-batch
     stage_ms: dict[str, float]  # mean milliseconds per batch, by stage
 
@@ -74,6 +75,7 @@ class AnswerClock:
     def __init__(self, settings: StreamSettings) -> None:
         self.settings = settings
         self.received: dict[str, float] = {}
+        self.worker_ms: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> AnswerClock:
@@ -91,7 +93,9 @@ class AnswerClock:
                     for messages in (await consumer.getmany(timeout_ms=100)).values():
                         now = time.monotonic()
                         for message in messages:
-                            self.received.setdefault(json.loads(message.value)["event_id"], now)
+                            answer = json.loads(message.value)
+                            self.received.setdefault(answer["event_id"], now)
+                            self.worker_ms.setdefault(answer["event_id"], answer["latency_ms"])
             finally:
                 await consumer.stop()
 
@@ -140,6 +144,9 @@ async def run_step(
         sustained=len(answered) / span if answered else 0.0,
         p50_ms=float(np.percentile(latencies, 50)) if answered else float("nan"),
         p99_ms=float(np.percentile(latencies, 99)) if answered else float("nan"),
+        worker_p99_ms=float(np.percentile([clock.worker_ms[e] for e in answered], 99))
+        if answered
+        else float("nan"),
         batch_size=delta("bundlecast_batch_size_events_sum") / batches if batches else float("nan"),
         stage_ms={
             stage: 1e3 * delta("bundlecast_stage_duration_seconds_sum", stage) / batches if batches else 0.0

@@ -150,6 +150,7 @@ def bench(
         "sustained/s",
         "p50 ms",
         "p99 ms",
+        "worker p99 ms",
         "batch",
         *(f"{stage} ms" for stage in STAGES),
         title="bundlecast bench",
@@ -178,6 +179,7 @@ def bench(
                         f"{result.sustained:,.0f}",
                         f"{result.p50_ms:.1f}",
                         f"{result.p99_ms:.1f}",
+                        f"{result.worker_p99_ms:.1f}",
                         f"{result.batch_size:.1f}",
                         *(f"{result.stage_ms[stage]:.2f}" for stage in STAGES),
                     )

@@ -45,10 +45,12 @@ class StreamSettings(BaseSettings):
         6.0, gt=0, description="Consumer group session timeout; a dead worker's partitions move after this."
     )
     producer_max_batch_bytes: int = Field(
-        16384,
+        512 * 1024,
         ge=1,
-        description="Most bytes per producer batch. 1 sends one record per batch, which state recovery on "
-        "Tansu needs: its ListOffsets reports a multi-record batch's end as base offset + 1.",
+        description="Most bytes per producer batch (per partition). An answer is ~9 KB, so a 16 KiB batch "
+        "(the Kafka client default) carries one and every answer costs a produce request. 1 sends one "
+        "record per batch, which state recovery on Tansu needs: its ListOffsets reports a multi-record "
+        "batch's end as base offset + 1.",
     )
     app_id: str = Field(
         "bundlecast", description="Consumer group id and prefix of the state changelog topic."
@@ -77,7 +79,15 @@ class StreamSettings(BaseSettings):
         "and fight the event loop for the cores.",
     )
     batch_size: int = Field(256, ge=1, description="Most events per micro-batch (one model forward each).")
-    batch_linger_ms: float = Field(5.0, ge=0, description="Longest wait to fill a micro-batch.")
+    batch_linger_ms: float = Field(
+        50.0, ge=0, description="Longest a micro-batch stays open after its first event."
+    )
+    batch_idle_ms: float = Field(
+        2.0,
+        ge=0,
+        description="A micro-batch closes once no event has arrived for this long: batches grow while "
+        "events keep coming (a backlog) and go out as soon as the input pauses.",
+    )
     fetch_max_wait_ms: int = Field(
         10,
         ge=0,
@@ -110,6 +120,10 @@ class StreamSettings(BaseSettings):
     @property
     def batch_linger_s(self) -> float:
         return self.batch_linger_ms / 1000.0
+
+    @property
+    def batch_idle_s(self) -> float:
+        return self.batch_idle_ms / 1000.0
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The TLS context for SSL and SASL_SSL, None for plaintext protocols."""

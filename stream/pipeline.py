@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from model import Recommender
 from model.bundles import CANDIDATES_PER_ANCHOR
@@ -49,22 +48,19 @@ class Pipeline:
         self,
         key: bytes | None,
         value: bytes | None,
-        states: MutableMapping[bytes, Any],
+        states: MutableMapping[str, UserState],
         arrived: float,
         now: float,
     ) -> Admitted | Rejection:
-        """Validate one message; a valid one updates its user's state (`states`, keyed by UTF-8 user_id)."""
+        """Validate one message; a valid one updates its user's state (`states`, keyed by user_id)."""
         parsed = parse_event(key, value, self.limits)
         if isinstance(parsed, Rejection):
             metrics.DLQ_EVENTS.labels(reason=parsed.reason).inc()
             return parsed
         metrics.EVENTS_CONSUMED.labels(type=parsed.type).inc()
-        user_key = parsed.user_id.encode("utf-8")
-        state, applied = apply_event(
-            UserState.from_json(states.get(user_key)), parsed, now, self.state_limits
-        )
+        state, applied = apply_event(states.get(parsed.user_id, UserState()), parsed, now, self.state_limits)
         if applied:
-            states[user_key] = state.to_json()
+            states[parsed.user_id] = state
             self.popularity.add(parsed.item_id, parsed.type, now)
         return Admitted(parsed, state, arrived)
 

@@ -1,8 +1,9 @@
 """The Faust worker: clickstream in, micro-batched answers out, per-user state in a RocksDB table.
 
 Delivery is at-least-once: Faust commits an input offset only after the batch holding it was fully
-handled (`take_events` acks after the loop body) and after flushing the producer, so every valid event
-is answered before its offset is committed; a crash in between re-answers it with the same event_id.
+handled (`BatchingStream.take_batches` acks after the loop body) and after flushing the producer, so
+every valid event is answered before its offset is committed; a crash in between re-answers it with the
+same event_id.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import signal
 import time
 import weakref
-from collections.abc import Iterator, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -22,6 +23,8 @@ from aiokafka import AIOKafkaConsumer
 from faust.streams import _current_event
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import EventT
+from mode.utils.aiter import aiter
+from mode.utils.futures import notify
 
 from stream import metrics
 from stream.answer import recommendation_message
@@ -29,7 +32,7 @@ from stream.config import StreamSettings
 from stream.events import Rejection, dead_letter
 from stream.models import ModelHolder
 from stream.pipeline import Admitted, Pipeline
-from stream.state import is_expired
+from stream.state import UserState, is_expired
 from stream.topics import ensure_topics
 
 log = logging.getLogger(__name__)
@@ -42,8 +45,8 @@ LAG_INTERVAL_S = 5.0
 def event_context(event: EventT) -> Iterator[None]:
     """Attribute table reads and writes to `event`'s partition.
 
-    Faust sets its current event only while a stream is iterated one event at a time; batches from
-    `take_events` leave it unset and table writes then fail (faust-streaming issue #497).
+    Faust sets its current event only while a stream is iterated one event at a time; batches (from
+    `take_events` or `take_batches`) leave it unset and table writes then fail (faust-streaming #497).
     """
     token = _current_event.set(weakref.ref(event))
     try:
@@ -52,48 +55,118 @@ def event_context(event: EventT) -> Iterator[None]:
         _current_event.reset(token)
 
 
-class BatchStates(MutableMapping[bytes, Any]):
-    """The session table as one micro-batch sees it: read through, written back once per user.
+class BatchingStream(faust.Stream):
+    """A Faust stream whose micro-batches close when the input pauses, not after a fixed wait."""
 
-    A user with several events in a batch is decoded from RocksDB once and written (RocksDB and
-    changelog) once, with their last state, under their last event's partition. Nothing is committed
-    before the batch is written back, so at-least-once delivery is unchanged.
+    async def take_batches(
+        self, max_events: int, linger_s: float, idle_s: float
+    ) -> AsyncIterator[list[EventT]]:
+        """Batches of events, each closed as soon as it holds `max_events`, when no event has arrived
+        for `idle_s`, or `linger_s` after its first event. Events are acked only after the loop body
+        has handled their batch.
+
+        Faust's `take_events` waits a fixed time for a full batch. Events reach a stream at Faust's
+        per-event pace (a few per millisecond), so a short wait gives small batches under load and a
+        long one delays every event at low rates. Waiting only while events keep coming gives both:
+        a batch grows while there is a backlog and goes out as soon as the input pauses. The buffering
+        and acking are `take_events`' own.
+        """
+        events: list[EventT] = []
+        arrived, full, consumed = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        consuming: asyncio.Future[None] | None = None
+
+        async def add_to_batch(value: Any) -> Any:
+            nonlocal consuming
+            try:
+                if consuming is not None:  # the last batch is being acked: wait until it is cleared
+                    try:
+                        await consuming
+                    finally:
+                        consuming = None
+                event = self.current_event
+                if event is None:
+                    raise RuntimeError("the batch buffer found no current event")
+                events.append(event)
+                arrived.set()
+                if len(events) >= max_events:
+                    full.set()
+                    consumed.clear()
+                    await self.wait(consumed)  # never more than max_events in a batch
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                self.log.exception("Error adding to the batch: %r", error)
+                await self.crash(error)
+            return value
+
+        self.enable_acks = False  # acked below, after the batch is handled
+        self.add_processor(add_to_batch)
+        self._enable_passive(cast(faust.ChannelT, aiter(self.channel)))
+        loop = asyncio.get_running_loop()
+        while not self.should_stop:
+            await self.wait_for_stopped(arrived)
+            closes_at, seen = loop.time() + linger_s, 0
+            while len(events) > seen and not full.is_set() and (left := closes_at - loop.time()) > 0:
+                seen = len(events)
+                await self.wait_for_stopped(full, timeout=min(idle_s, left))  # (a timeout reads "stopped")
+            if self.should_stop:
+                break
+            consuming = loop.create_future()
+            try:
+                yield list(events)
+            finally:
+                for event in events:
+                    await self.ack(event)
+                events.clear()
+                arrived.clear()
+                notify(consuming)
+                full.clear()
+                consumed.set()
+
+
+class BatchStates(MutableMapping[str, UserState]):
+    """The session table as one micro-batch sees it: decoded once, written back once per user.
+
+    The table holds JSON under the user_id's UTF-8 bytes. A user with several events in a batch is
+    read from RocksDB and decoded once, and written (RocksDB and changelog) once, with their last state,
+    under their last event's partition. Nothing is committed before the batch is written back, so
+    at-least-once delivery is unchanged.
     """
 
     def __init__(self, table: MutableMapping[bytes, Any]) -> None:
         self.table = table
-        self.pending: dict[bytes, tuple[Any, EventT]] = {}
+        self.read: dict[str, UserState] = {}
+        self.pending: dict[str, EventT] = {}  # users written in this batch -> their last event
         self.event: EventT | None = None  # the event being admitted (set by the caller)
 
-    def __getitem__(self, key: bytes) -> Any:
-        if key in self.pending:
-            return self.pending[key][0]
-        return self.table[key]
+    def __getitem__(self, user_id: str) -> UserState:
+        if user_id not in self.read:
+            with event_context(self.event) if self.event is not None else nullcontext():
+                stored = self.table.get(user_id.encode("utf-8"))
+            if stored is None:
+                raise KeyError(user_id)
+            self.read[user_id] = UserState.from_json(stored)
+        return self.read[user_id]
 
-    def __setitem__(self, key: bytes, value: Any) -> None:
+    def __setitem__(self, user_id: str, state: UserState) -> None:
         if self.event is None:
             raise RuntimeError("BatchStates.event must name the event being admitted")
-        self.pending[key] = (value, self.event)
+        self.read[user_id] = state
+        self.pending[user_id] = self.event
 
-    def __delitem__(self, key: bytes) -> None:
+    def __delitem__(self, user_id: str) -> None:
         raise TypeError("sessions are deleted by expiry, never within a batch")
 
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self.table)
+    def __iter__(self) -> Iterator[str]:
+        return (key.decode("utf-8") for key in self.table)
 
     def __len__(self) -> int:
         return len(self.table)
 
-    def get(self, key: bytes, default: Any = None) -> Any:
-        if key in self.pending:
-            return self.pending[key][0]
-        with event_context(self.event) if self.event is not None else nullcontext():
-            return self.table.get(key, default)
-
     def write_back(self) -> None:
-        for key, (value, event) in self.pending.items():
+        for user_id, event in self.pending.items():
             with event_context(event):
-                self.table[key] = value
+                self.table[user_id.encode("utf-8")] = self.read[user_id].to_json()
         self.pending.clear()
 
 
@@ -159,6 +232,7 @@ def create_app(settings: StreamSettings) -> faust.App:
         store="rocksdb://",
         datadir=str(settings.state_dir),
         web_enabled=False,
+        Stream=BatchingStream,
         topic_partitions=partitions,
         topic_replication_factor=settings.replication_factor,
         consumer_auto_offset_reset="earliest",
@@ -223,7 +297,10 @@ def create_app(settings: StreamSettings) -> faust.App:
 
     @app.agent(source)
     async def recommend(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_linger_s):
+        batches = cast(BatchingStream, stream).take_batches(
+            settings.batch_size, settings.batch_linger_s, settings.batch_idle_s
+        )
+        async for events in batches:
             await handle(events)
 
     @app.task

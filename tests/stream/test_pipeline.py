@@ -17,6 +17,7 @@ from stream.config import StreamSettings
 from stream.events import ClickEvent, Rejection
 from stream.pipeline import Admitted, Pipeline
 from stream.schemas import load_schema
+from stream.state import UserState
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,9 @@ def message(n: int, user: str, item: str, kind: str = "view") -> tuple[bytes, by
     return user.encode(), json.dumps(body).encode()
 
 
-def admit_all(pipeline: Pipeline, states: dict, messages: list[tuple[bytes, bytes]]) -> list[Admitted]:
+def admit_all(
+    pipeline: Pipeline, states: dict[str, UserState], messages: list[tuple[bytes, bytes]]
+) -> list[Admitted]:
     admitted = [pipeline.admit(key, value, states, arrived=0.0, now=100.0) for key, value in messages]
     assert not any(isinstance(a, Rejection) for a in admitted)
     return admitted  # type: ignore[return-value]
@@ -51,7 +54,7 @@ def test_message_matches_the_schema() -> None:
 
 def test_later_answers_reflect_earlier_events(recommender: Recommender) -> None:
     pipeline = Pipeline(StreamSettings(top_k=10))
-    states: dict[bytes, dict] = {}
+    states: dict[str, UserState] = {}
     items = recommender.vocab.item_ids
     first = admit_all(pipeline, states, [message(1, "u1", items[0])])
     later = admit_all(pipeline, states, [message(2, "u1", items[1]), message(3, "u1", items[2], "purchase")])
@@ -69,7 +72,7 @@ def test_later_answers_reflect_earlier_events(recommender: Recommender) -> None:
 
 def test_a_users_events_in_one_batch_are_answered_from_their_latest_state(recommender: Recommender) -> None:
     pipeline = Pipeline(StreamSettings(top_k=10))
-    states: dict[bytes, dict] = {}
+    states: dict[str, UserState] = {}
     items = recommender.vocab.item_ids
     batch = admit_all(
         pipeline,
@@ -100,7 +103,7 @@ def test_purchased_items_are_excluded_even_when_the_model_ranks_them_first(recom
 
 def test_cold_users_get_stream_popularity_then_training_popularity(recommender: Recommender) -> None:
     pipeline = Pipeline(StreamSettings(top_k=5))
-    states: dict[bytes, dict] = {}
+    states: dict[str, UserState] = {}
     trending = recommender.vocab.item_ids[-1]  # rare in training, hot in the stream
     admit_all(pipeline, states, [message(n, f"warm{n}", trending, "purchase") for n in range(3)])
     cold = admit_all(pipeline, states, [message(10, "newcomer", "never-seen-item")])
@@ -114,7 +117,7 @@ def test_cold_users_get_stream_popularity_then_training_popularity(recommender: 
 
 def test_redelivered_event_is_answered_again_without_changing_state(recommender: Recommender) -> None:
     pipeline = Pipeline(StreamSettings())
-    states: dict[bytes, dict] = {}
+    states: dict[str, UserState] = {}
     item = recommender.vocab.item_ids[0]
     first = admit_all(pipeline, states, [message(1, "u1", item)])[0]
     again = admit_all(pipeline, states, [message(1, "u1", item)])[0]
@@ -123,7 +126,7 @@ def test_redelivered_event_is_answered_again_without_changing_state(recommender:
 
 def test_warm_answers_carry_explained_bundles_and_cold_answers_none(recommender: Recommender) -> None:
     pipeline = Pipeline(StreamSettings(top_k=10, bundles_per_answer=3, bundle_size=3))
-    states: dict[bytes, dict] = {}
+    states: dict[str, UserState] = {}
     items = recommender.vocab.item_ids
     bought = items[5]
     warm = admit_all(

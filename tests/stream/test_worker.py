@@ -19,7 +19,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from model.artifacts import resolve_version
 from stream.broker import EmbeddedBroker
 from stream.schemas import load_schema
-from stream.worker import BundlecastApp
+from stream.state import UserState
+from stream.worker import BatchStates, BundlecastApp
 from tests.conftest import PublishCopy
 
 ANSWER_TIMEOUT_S = 90.0
@@ -329,3 +330,47 @@ def test_the_worker_consumer_waits_at_most_the_configured_fetch_time() -> None:
         return consumer._fetch_max_wait_ms
 
     assert asyncio.run(created_wait()) == 7
+
+
+class CountingTable(dict):
+    """A dict standing in for the Faust table, counting reads and writes."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.reads = self.writes = 0
+
+    def get(self, key: bytes, default: object = None) -> object:
+        self.reads += 1
+        return super().get(key, default)
+
+    def __setitem__(self, key: bytes, value: object) -> None:
+        self.writes += 1
+        super().__setitem__(key, value)
+
+
+class FakeEvent:
+    """Only the identity of an event matters to BatchStates (it becomes Faust's current event)."""
+
+
+def test_batch_states_decode_once_and_write_each_user_back_once_as_json() -> None:
+    stored = UserState(cart=("a",), sessions=1)
+    table = CountingTable({"ü1".encode(): stored.to_json()})
+    states = BatchStates(table)
+    assert states.get("nobody") is None
+    states.event = FakeEvent()
+    assert states["ü1"] == stored and states["ü1"] == stored
+    assert table.reads == 2  # "nobody" once, "ü1" once
+
+    first, second = UserState(cart=("b",)), UserState(cart=("c",))
+    states["ü1"] = first
+    states["u2"] = first
+    states["ü1"] = second
+    assert table.writes == 0  # nothing reaches RocksDB or the changelog before write_back
+    states.write_back()
+    assert table.writes == 2
+    assert table["ü1".encode()] == second.to_json() and table[b"u2"] == first.to_json()
+
+
+def test_batch_states_refuse_writes_without_an_event() -> None:
+    with pytest.raises(RuntimeError):
+        BatchStates(CountingTable())["u1"] = UserState()
