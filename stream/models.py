@@ -8,6 +8,7 @@ a batch is answered entirely by one version and no event is dropped or answered 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from pathlib import Path
 
@@ -33,10 +34,25 @@ def load_warm(path: Path) -> Recommender:
     return recommender
 
 
+def settle_heap() -> None:
+    """Take everything alive now out of the cyclic garbage collector's sight (`gc.freeze`).
+
+    A loaded model is millions of long-lived objects (catalogue, vocabularies, complement structures),
+    and every full collection walked them all: 130-210 ms with the demo model, twice in a 20 s bench run,
+    stalling every event in flight (most of the p99 at 500 events/s). Frozen objects are still freed by
+    reference counting; the full collection before freezing reclaims the previous model's cycles, which
+    costs one such pause per load instead of one every few seconds.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 class ModelHolder:
     def __init__(self, model_dir: Path) -> None:
         self.model_dir = model_dir
         self.current = load_warm(model_dir)
+        settle_heap()
         metrics.set_model_version(self.current.version, len(self.current.vocab))
         self._lock = asyncio.Lock()
 
@@ -62,6 +78,7 @@ class ModelHolder:
                 )
                 return False
             previous, self.current = self.current.version, loaded
+            settle_heap()
             metrics.MODEL_RELOADS.inc()
             metrics.set_model_version(loaded.version, len(loaded.vocab))
             log.warning("model reloaded: %s -> %s", previous, loaded.version)

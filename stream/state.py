@@ -7,11 +7,15 @@ purchases have caps, and a user idle for `state_ttl_s` is deleted altogether.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
 from stream.events import ClickEvent
+
+EXPIRY_CHUNK = 500  # stored states checked between yields to the event loop
 
 
 @dataclass(frozen=True)
@@ -124,3 +128,35 @@ def apply_event(
 def is_expired(state_json: dict[str, Any], now: float, ttl_s: float) -> bool:
     """Whether a stored state has been idle (wall clock) for longer than the TTL."""
     return now - float(state_json.get("updated_at", 0.0)) > ttl_s
+
+
+async def sweep_expired(
+    stored: Iterable[tuple[bytes, dict[str, Any]]],
+    reread: Callable[[bytes], dict[str, Any] | None],
+    delete: Callable[[bytes], None],
+    clock: Callable[[], float],
+    ttl_s: float,
+    chunk: int = EXPIRY_CHUNK,
+) -> tuple[int, int]:
+    """Delete every stored state idle for longer than the TTL; returns (states seen, states deleted).
+
+    The sweep shares the worker's event loop with answering, so it yields every `chunk` states: a table
+    of millions of users costs many short pauses, not one stall of seconds. A user found idle is read
+    again right before deletion, because their events may have arrived while the sweep was paused.
+    """
+    seen, idle = 0, []
+    for key, value in stored:
+        seen += 1
+        if is_expired(value, clock(), ttl_s):
+            idle.append(key)
+        if seen % chunk == 0:
+            await asyncio.sleep(0)
+    deleted = 0
+    for done, key in enumerate(idle, start=1):
+        current = reread(key)
+        if current is not None and is_expired(current, clock(), ttl_s):
+            delete(key)
+            deleted += 1
+        if done % chunk == 0:
+            await asyncio.sleep(0)
+    return seen, deleted

@@ -32,7 +32,7 @@ from stream.config import StreamSettings
 from stream.events import Rejection, dead_letter
 from stream.models import ModelHolder
 from stream.pipeline import Admitted, Pipeline
-from stream.state import UserState, is_expired
+from stream.state import UserState, sweep_expired
 from stream.topics import ensure_topics
 
 log = logging.getLogger(__name__)
@@ -336,18 +336,16 @@ def create_app(settings: StreamSettings) -> faust.App:
         the partition the key hashes to, which is the user's input partition under the contract
         (key = user_id, default partitioner).
         """
-        now = time.time()
-        entries = 0
-        expired = []
-        for key, value in sessions.items():
-            entries += 1
-            if is_expired(value, now, settings.state_ttl_s):
-                expired.append(key)
-        for key in expired:
+
+        def delete(key: bytes) -> None:
             del sessions.data[key]
             sessions.send_changelog(None, key, None, value_serializer="raw")
-        metrics.SESSION_EXPIRATIONS.inc(len(expired))
-        metrics.SESSION_STATE_ENTRIES.set(entries - len(expired))
+
+        entries, deleted = await sweep_expired(
+            sessions.items(), sessions.data.get, delete, time.time, settings.state_ttl_s
+        )
+        metrics.SESSION_EXPIRATIONS.inc(deleted)
+        metrics.SESSION_STATE_ENTRIES.set(entries - deleted)
 
     return app
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from pathlib import Path
 
 from model.artifacts import resolve_version
@@ -24,3 +26,20 @@ def test_a_loaded_model_is_warm_and_a_new_version_is_swapped_in_warm(
     assert asyncio.run(holder.reload_if_changed())
     assert holder.current.version == new == resolve_version(model_dir).name
     assert holder.current in _CONTEXTS and "names" in vars(holder.current)
+
+
+def test_the_answering_model_is_frozen_out_of_full_collections_and_a_replaced_one_is_reclaimed(
+    model_dir: Path, publish_copy: PublishCopy
+) -> None:
+    gc.unfreeze()
+    try:
+        holder = ModelHolder(model_dir)
+        frozen_at_load = gc.get_freeze_count()
+        assert frozen_at_load > 0
+        old = weakref.ref(holder.current)
+        publish_copy(model_dir, holder.current.version, "99990101T000000Z-gc")
+        assert asyncio.run(holder.reload_if_changed())
+        assert old() is None  # nothing of the replaced version stays frozen
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

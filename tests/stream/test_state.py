@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from stream.events import ClickEvent
-from stream.state import StateLimits, UserState, apply_event, is_expired
+from stream.state import StateLimits, UserState, apply_event, is_expired, sweep_expired
 
 LIMITS = StateLimits(max_events=3, session_gap_s=100.0, purchased_max=2)
 
@@ -55,3 +57,27 @@ def test_json_round_trip_and_expiry() -> None:
     assert UserState.from_json(None) == UserState()
     assert not is_expired(state.to_json(), now=5.0 + 10, ttl_s=60)
     assert is_expired(state.to_json(), now=5.0 + 61, ttl_s=60)
+
+
+def test_the_expiry_sweep_deletes_idle_users_and_spares_one_who_came_back_meanwhile() -> None:
+    table = {f"u{n}".encode(): {"updated_at": 0.0} for n in range(5)} | {b"active": {"updated_at": 95.0}}
+    other_work: list[int] = []
+
+    async def sweep() -> tuple[int, int]:
+        async def answering() -> None:  # another task on the loop, as the worker's batches are
+            while True:
+                other_work.append(len(table))
+                if len(other_work) == 3:
+                    table[b"u4"] = {"updated_at": 99.0}  # u4 sends an event while the sweep is paused
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(answering())
+        try:
+            return await sweep_expired(list(table.items()), table.get, table.pop, lambda: 100.0, 30, chunk=1)
+        finally:
+            task.cancel()
+
+    seen, deleted = asyncio.run(sweep())
+    assert (seen, deleted) == (6, 4)
+    assert set(table) == {b"active", b"u4"}
+    assert len(other_work) >= 6  # the loop ran other work between chunks

@@ -249,6 +249,35 @@ def test_recovery_after_a_crash_and_onto_an_empty_state_dir(
         assert items[30 + u] not in {i["item_id"] for i in answer["items"]}
 
 
+def test_idle_users_are_expired_with_a_changelog_tombstone(
+    kafka_broker: EmbeddedBroker, artifact_root: Path, workers: list[Worker], tmp_path: Path
+) -> None:
+    items = known_items(artifact_root, 2)
+    ttl = {"state_ttl_s": "1"}  # swept every 0.5 s
+    workers.append(Worker(kafka_broker, artifact_root, tmp_path / "state", tmp_path / "worker.log", **ttl))
+    asyncio.run(produce(kafka_broker, [event(1, "idle-a", items[0]), event(2, "idle-b", items[1])]))
+    asyncio.run(consume(kafka_broker, lambda r: {"e1", "e2"} <= answered(r), settle_s=0))
+
+    async def tombstones() -> set[bytes]:
+        consumer = AIOKafkaConsumer(
+            "bundlecast-sessions-changelog",
+            bootstrap_servers=kafka_broker.bootstrap,
+            auto_offset_reset="earliest",
+        )
+        deleted: set[bytes] = set()
+        await consumer.start()
+        try:
+            deadline = time.monotonic() + ANSWER_TIMEOUT_S
+            while not {b"idle-a", b"idle-b"} <= deleted and time.monotonic() < deadline:
+                for messages in (await consumer.getmany(timeout_ms=200)).values():
+                    deleted |= {m.key for m in messages if m.value is None}
+        finally:
+            await consumer.stop()
+        return deleted
+
+    assert {b"idle-a", b"idle-b"} <= asyncio.run(tombstones())
+
+
 def test_hot_reload_under_traffic_answers_every_event_once(
     kafka_broker: EmbeddedBroker,
     model_dir: Path,
