@@ -141,6 +141,8 @@ class Recommender:
         FAISS returns the best items by inner product; only session items carry a repeat bonus, so
         fetching k + (session items) from FAISS and rescoring the session items is exact.
         """
+        if len(sessions) == 0:
+            return []
         excluded = [set(self.vocab.encode(items)) for items in exclude] if exclude is not None else None
         fetch = k + max((len(repeats) for repeats in sessions.repeats), default=0)
         scores, ids = self.index.search(sessions.vectors, fetch, excluded)
@@ -178,13 +180,17 @@ class Recommender:
         k: int = 20,
         exclude: Sequence[Collection[str]] | None = None,
     ) -> list[list[Recommendation]]:
-        """Top-k per history; histories with no known item get popularity instead of the model."""
+        """Top-k per history; histories with no known item get popularity instead of the model (and
+        are neither encoded nor searched)."""
         exclude = exclude if exclude is not None else [()] * len(histories)
-        answers = self.search(self.encode(histories, types), k, exclude)
-        return [
-            answer if self.known(history) else self.popular(k, excluded)
-            for history, answer, excluded in zip(histories, answers, exclude, strict=True)
-        ]
+        known = [row for row, history in enumerate(histories) if self.known(history)]
+        sessions = self.encode(
+            [histories[row] for row in known], [types[row] for row in known] if types else None
+        )
+        answers = [self.popular(k, excluded) for excluded in exclude]
+        for row, answer in zip(known, self.search(sessions, k, [exclude[row] for row in known]), strict=True):
+            answers[row] = answer
+        return answers
 
     def recommend(
         self,

@@ -94,11 +94,15 @@ class Pipeline:
             attribution = attribute(
                 recommender, [state.history for state in states], [state.history_types for state in states]
             )
-        depth = max(self.k, CANDIDATES_PER_ANCHOR) if self.bundle_count else self.k
-        with metrics.observe_stage("faiss"):
-            candidates = recommender.search(attribution.sessions, depth, [state.excluded for state in states])
-        rankings: list[Ranked] = [ranked[: self.k] for ranked in candidates]
         cold = [i for i, state in enumerate(states) if not recommender.known(state.history)]
+        warm = sorted(set(range(len(states))) - set(cold))
+        depth = max(self.k, CANDIDATES_PER_ANCHOR) if self.bundle_count else self.k
+        candidates: list[Ranked] = [[] for _ in states]  # cold users have no model candidates
+        with metrics.observe_stage("faiss"):
+            found = recommender.search(attribution.sessions[warm], depth, [states[i].excluded for i in warm])
+        for i, ranked in zip(warm, found, strict=True):
+            candidates[i] = ranked
+        rankings: list[Ranked] = [ranked[: self.k] for ranked in candidates]
         if cold:
             depth = self.k + max(len(states[i].excluded) for i in cold)
             sources = (

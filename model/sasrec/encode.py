@@ -69,8 +69,10 @@ class EncodedSessions:
     def __len__(self) -> int:
         return len(self.vectors)
 
-    def __getitem__(self, rows: slice) -> EncodedSessions:
-        return EncodedSessions(self.vectors[rows], self.repeats[rows])
+    def __getitem__(self, rows: slice | Sequence[int]) -> EncodedSessions:
+        if isinstance(rows, slice):
+            return EncodedSessions(self.vectors[rows], self.repeats[rows])
+        return EncodedSessions(self.vectors[list(rows)], [self.repeats[row] for row in rows])
 
     def scores(self, item_vectors: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
         """Full scores (B, n) of the items `columns` index (default: all rows of `item_vectors`)."""

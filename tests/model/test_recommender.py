@@ -91,7 +91,7 @@ def test_session_items_can_be_recommended_again(rec: Recommender, online_retail_
 
 
 def test_batch_equals_one_by_one(rec: Recommender, online_retail_sample: Dataset) -> None:
-    histories = [list(session.items[-8:]) for session in online_retail_sample.train[:6]] + [[]]
+    histories = [list(session.items[-8:]) for session in online_retail_sample.train[:6]] + [[], ["NO-SUCH"]]
     batched = rec.recommend_batch(histories, k=5)
     for history, answer in zip(histories, batched, strict=True):
         single = rec.recommend(history, k=5)

@@ -115,6 +115,29 @@ def test_cold_users_get_stream_popularity_then_training_popularity(recommender: 
     assert answer.bundles == ()
 
 
+def test_only_users_with_a_known_item_are_searched_and_mixing_in_cold_ones_changes_no_answer(
+    recommender: Recommender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = recommender.vocab.item_ids
+    warm = [message(1, "w1", items[0]), message(2, "w2", items[1])]
+    cold = [message(3, "c1", "never-seen-1"), message(4, "c2", "never-seen-2")]
+    alone = Pipeline(StreamSettings(top_k=5)).answer(
+        recommender, admit_all(Pipeline(StreamSettings()), {}, warm), 100.0
+    )
+    searched: list[int] = []
+    search = recommender.search
+    monkeypatch.setattr(
+        recommender,
+        "search",
+        lambda sessions, *args: searched.append(len(sessions)) or search(sessions, *args),
+    )
+    pipeline = Pipeline(StreamSettings(top_k=5))
+    mixed = pipeline.answer(recommender, admit_all(pipeline, {}, [cold[0], warm[0], cold[1], warm[1]]), 100.0)
+    assert searched == [2]
+    assert [mixed[1], mixed[3]] == alone
+    assert all(i.reasons.code == "popular" for answer in (mixed[0], mixed[2]) for i in answer.items)
+
+
 def test_redelivered_event_is_answered_again_without_changing_state(recommender: Recommender) -> None:
     pipeline = Pipeline(StreamSettings())
     states: dict[str, UserState] = {}
