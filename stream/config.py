@@ -80,7 +80,10 @@ class StreamSettings(BaseSettings):
     )
     batch_size: int = Field(256, ge=1, description="Most events per micro-batch (one model forward each).")
     batch_linger_ms: float = Field(
-        50.0, ge=0, description="Longest a micro-batch stays open after its first event."
+        50.0,
+        ge=0,
+        description="Longest a micro-batch stays open after its first event (it stays open as long as the "
+        "last batch took to handle, within the idle time and this).",
     )
     batch_idle_ms: float = Field(
         2.0,

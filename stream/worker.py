@@ -55,6 +55,18 @@ def event_context(event: EventT) -> Iterator[None]:
         _current_event.reset(token)
 
 
+def batch_window(linger_s: float, idle_s: float, last_handling_s: float) -> float:
+    """How long the next micro-batch may stay open after its first event: as long as the last batch took
+    to handle, but at least `idle_s` and at most `linger_s`.
+
+    An event waits for the batch it joins to close, then for that batch to be handled. Holding a batch
+    open for longer than handling takes only adds the first kind of wait: under a backlog handling is
+    slow and batches fill up anyway, while at moderate rates a short window keeps the wait short. So
+    batches grow with the load instead of every batch lingering the full `linger_s`.
+    """
+    return min(linger_s, max(idle_s, last_handling_s))
+
+
 class BatchingStream(faust.Stream):
     """A Faust stream whose micro-batches close when the input pauses, not after a fixed wait."""
 
@@ -62,8 +74,8 @@ class BatchingStream(faust.Stream):
         self, max_events: int, linger_s: float, idle_s: float
     ) -> AsyncIterator[list[EventT]]:
         """Batches of events, each closed as soon as it holds `max_events`, when no event has arrived
-        for `idle_s`, or `linger_s` after its first event. Events are acked only after the loop body
-        has handled their batch.
+        for `idle_s`, or a window after its first event (`batch_window`: the last batch's handling time,
+        within `idle_s`..`linger_s`). Events are acked only after the loop body has handled their batch.
 
         Faust's `take_events` waits a fixed time for a full batch. Events reach a stream at Faust's
         per-event pace (a few per millisecond), so a short wait gives small batches under load and a
@@ -103,18 +115,21 @@ class BatchingStream(faust.Stream):
         self.add_processor(add_to_batch)
         self._enable_passive(cast(faust.ChannelT, aiter(self.channel)))
         loop = asyncio.get_running_loop()
+        window = linger_s
         while not self.should_stop:
             await self.wait_for_stopped(arrived)
-            closes_at, seen = loop.time() + linger_s, 0
+            closes_at, seen = loop.time() + window, 0
             while len(events) > seen and not full.is_set() and (left := closes_at - loop.time()) > 0:
                 seen = len(events)
                 await self.wait_for_stopped(full, timeout=min(idle_s, left))  # (a timeout reads "stopped")
             if self.should_stop:
                 break
             consuming = loop.create_future()
+            handling_started = loop.time()
             try:
                 yield list(events)
             finally:
+                window = batch_window(linger_s, idle_s, loop.time() - handling_started)
                 for event in events:
                     await self.ack(event)
                 events.clear()

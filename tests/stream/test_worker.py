@@ -20,7 +20,7 @@ from model.artifacts import resolve_version
 from stream.broker import EmbeddedBroker
 from stream.schemas import load_schema
 from stream.state import UserState
-from stream.worker import BatchStates, BundlecastApp
+from stream.worker import BatchStates, BundlecastApp, batch_window
 from tests.conftest import PublishCopy
 
 ANSWER_TIMEOUT_S = 90.0
@@ -403,3 +403,9 @@ def test_batch_states_decode_once_and_write_each_user_back_once_as_json() -> Non
 def test_batch_states_refuse_writes_without_an_event() -> None:
     with pytest.raises(RuntimeError):
         BatchStates(CountingTable())["u1"] = UserState()
+
+
+def test_a_batch_stays_open_as_long_as_the_last_one_took_to_handle_within_idle_and_linger() -> None:
+    assert batch_window(linger_s=0.05, idle_s=0.002, last_handling_s=0.012) == 0.012  # moderate load
+    assert batch_window(linger_s=0.05, idle_s=0.002, last_handling_s=0.3) == 0.05  # a backlog: capped
+    assert batch_window(linger_s=0.05, idle_s=0.002, last_handling_s=0.0005) == 0.002  # never below idle
