@@ -87,7 +87,7 @@ class EncodedSessions:
         return scores
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def encode_sessions(
     model: SASRec,
     histories: Sequence[tuple[list[int], list[int]]],
@@ -95,7 +95,8 @@ def encode_sessions(
     batch_size: int = 1024,
 ) -> EncodedSessions:
     """Session vectors and repeat bonuses for encoded histories, one forward pass per batch."""
-    model.eval()
+    if model.training:  # (switching a module tree's mode costs more than a small batch's forward)
+        model.eval()
     vectors = np.zeros((len(histories), model.config.dim), dtype=np.float32)
     repeats: list[dict[int, float]] = []
     for start in range(0, len(histories), batch_size):
