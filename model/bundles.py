@@ -230,7 +230,9 @@ def _assemble_one(
         return None
     pool = anchor_pool(space, anchor)
     remaining = ~_in_sorted(pool.rows, excluded_rows)
-    relevance_scaled = _unit_scale(relevance.of_rows(pool.rows), over=remaining)
+    pool_relevance = relevance.of_rows(pool.rows)
+    relevance_scaled = _unit_scale(pool_relevance, over=remaining)
+    member_relevance = [relevance.of_item(anchor)] if members else []
     fit_sum = pool.anchor_fit.copy()
     context_size = 1
     duplicate = np.zeros(len(pool.rows), dtype=bool)  # a near-duplicate of a member chosen so far
@@ -250,6 +252,7 @@ def _assemble_one(
         best = int(np.argmax(np.where(eligible, value, -np.inf)))
         item = space.complements.vocab.item_ids[pool.rows[best]]
         members.append(item)
+        member_relevance.append(float(pool_relevance[best]))
         pair_fit.append(float(fits[best]))
         spent += space.prices.get(item, 0.0)
         remaining[best] = False
@@ -258,8 +261,8 @@ def _assemble_one(
         context_size += 1
     if len(members) < MIN_SIZE:
         return None
-    user_fit = float(np.mean([relevance.of_item(m) for m in members]))
-    return Assembled(anchor, tuple(members), float(np.mean(pair_fit)) + RELEVANCE_WEIGHT * user_fit)
+    user_fit = sum(member_relevance) / len(member_relevance)
+    return Assembled(anchor, tuple(members), sum(pair_fit) / len(pair_fit) + RELEVANCE_WEIGHT * user_fit)
 
 
 def _in_sorted(rows: np.ndarray, sorted_rows: np.ndarray) -> np.ndarray:
