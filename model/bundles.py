@@ -26,7 +26,7 @@ from weakref import WeakKeyDictionary
 import numpy as np
 
 from model.complement.model import ComplementModel
-from model.explain import Attribution, Driver, Evidence, Reasons, describe, drivers_from
+from model.explain import Attribution, Driver, Evidence, Reasons, describe
 from model.neardup import NearDuplicateIndex, ProductKinds
 
 if TYPE_CHECKING:
@@ -353,13 +353,7 @@ def explained_bundles(
         assembled = assemble_in(context.space, anchors, relevance, n, size, budget, excluded)
         attributed = [b.anchor for b in assembled if _needs_attribution(b, history, cart)]
         drivers = dict(
-            zip(
-                attributed,
-                drivers_from(
-                    history, event_types, attribution.positions[row], attribution.drops(rec, row, attributed)
-                ),
-                strict=True,
-            )
+            zip(attributed, attribution.drivers(rec, row, history, event_types, attributed), strict=True)
         )
         answers.append(
             [

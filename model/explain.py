@@ -88,6 +88,7 @@ class Attribution:
     encoded: EncodedSessions  # every distinct model input of the batch
     rows: list[list[int]]  # per history: its full input's row, then one row per attributed position
     positions: list[list[int]]  # per history: attributed history positions, aligned with rows[1:]
+    _drivers: dict[tuple[int, str], list[Driver]] = field(default_factory=dict, repr=False, compare=False)
 
     @cached_property
     def sessions(self) -> EncodedSessions:
@@ -108,6 +109,27 @@ class Attribution:
             if item_row in session_items:
                 scores[:, column] += [self.encoded.repeats[row].get(item_row, 0.0) for row in rows]
         return (scores[0] - scores[1:]) * known
+
+    def drivers(
+        self,
+        rec: Recommender,
+        history: int,
+        events: Sequence[str],
+        event_types: Sequence[str],
+        items: Sequence[str],
+    ) -> list[list[Driver]]:
+        """Each item's drivers among the events of history `history` (its `events` and `event_types`;
+        see `drivers_from`), computed once per (history, item): an answer's item explanations and its
+        bundle explanations ask about the same items."""
+        missing = [item for item in dict.fromkeys(items) if (history, item) not in self._drivers]
+        if missing:
+            found = drivers_from(
+                events, event_types, self.positions[history], self.drops(rec, history, missing)
+            )
+            self._drivers.update(
+                ((history, item), drivers) for item, drivers in zip(missing, found, strict=True)
+            )
+        return [self._drivers[(history, item)] for item in items]
 
 
 def attribute(
@@ -189,9 +211,7 @@ def explain_items(
         personal = rec.known(history)
         items = [item for item, _ in recs]
         drivers = (
-            drivers_from(history, event_types, attribution.positions[row], attribution.drops(rec, row, items))
-            if personal
-            else [[] for _ in items]
+            attribution.drivers(rec, row, history, event_types, items) if personal else [[] for _ in items]
         )
         answer = []
         for (item, score), item_drivers in zip(recs, drivers, strict=True):

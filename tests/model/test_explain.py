@@ -11,7 +11,7 @@ from pydantic_core import to_json
 
 from model.complement.cli import faithfulness
 from model.data import Dataset
-from model.explain import Driver, Evidence, Reasons, attribute, drivers_from, explain_items
+from model.explain import Attribution, Driver, Evidence, Reasons, attribute, drivers_from, explain_items
 from model.recommender import Recommender
 
 
@@ -121,3 +121,21 @@ def test_drivers_are_the_strongest_positive_events_one_per_item() -> None:
     assert strong == [Driver("a", "add_to_cart", 0.9), Driver("b", "view", 0.2), Driver("c", "view", 0.1)]
     assert none == []
     assert drivers_from(history, types, [], np.zeros((0, 2))) == [[], []]
+
+
+def test_drivers_are_computed_once_per_item_and_match_drivers_from(
+    rec: Recommender, online_retail_sample: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    case = next(c for c in online_retail_sample.test if len({i for i in c.prefix if i in rec.vocab}) >= 3)
+    history, types = list(case.prefix), list(case.prefix_types)
+    items = [item for item, _ in rec.recommend(history, k=6, types=types)]
+    attribution = attribute(rec, [history], [types])
+    expected = drivers_from(history, types, attribution.positions[0], attribution.drops(rec, 0, items))
+    asked: list[str] = []
+    drops = Attribution.drops
+    monkeypatch.setattr(
+        Attribution, "drops", lambda self, r, row, wanted: asked.extend(wanted) or drops(self, r, row, wanted)
+    )
+    assert attribution.drivers(rec, 0, history, types, items[:4]) == expected[:4]
+    assert attribution.drivers(rec, 0, history, types, items[2:]) == expected[2:]
+    assert asked == items  # the overlap (items 2 and 3) was not computed twice
