@@ -185,12 +185,12 @@ class Recommender:
         exclude = exclude if exclude is not None else [()] * len(histories)
         known = [row for row, history in enumerate(histories) if self.known(history)]
         sessions = self.encode(
-            [histories[row] for row in known], [types[row] for row in known] if types else None
+            [histories[row] for row in known], [types[row] for row in known] if types is not None else None
         )
-        answers = [self.popular(k, excluded) for excluded in exclude]
-        for row, answer in zip(known, self.search(sessions, k, [exclude[row] for row in known]), strict=True):
-            answers[row] = answer
-        return answers
+        found = dict(zip(known, self.search(sessions, k, [exclude[row] for row in known]), strict=True))
+        return [
+            found[row] if row in found else self.popular(k, excluded) for row, excluded in enumerate(exclude)
+        ]
 
     def recommend(
         self,
