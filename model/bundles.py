@@ -406,11 +406,12 @@ def explain_bundle(
     current item (then that event is the driver).
     """
     if bundle.anchor in cart:
-        drivers = [Driver(bundle.anchor, "add_to_cart", 1.0)]
+        drivers, where = [Driver(bundle.anchor, "add_to_cart", 1.0)], "in your cart"
     elif history and bundle.anchor == history[-1]:
         drivers = [Driver(bundle.anchor, event_types[-1], 1.0)]
+        where = "you just bought" if event_types[-1] == "purchase" else "you are looking at"
     else:
-        drivers = anchor_drivers or []
+        drivers, where = anchor_drivers or [], "picked for you"
     evidence = []
     for item in bundle.items:
         if item != bundle.anchor:
@@ -423,13 +424,13 @@ def explain_bundle(
         anchor=bundle.anchor,
         score=round(bundle.score, 6),
         reasons=reasons,
-        explanation=bundle_line(rec, bundle, reasons, in_cart=bundle.anchor in cart),
+        explanation=bundle_line(rec, bundle, reasons, where),
     )
 
 
-def bundle_line(rec: Recommender, bundle: Assembled, reasons: Reasons, in_cart: bool) -> str:
+def bundle_line(rec: Recommender, bundle: Assembled, reasons: Reasons, where: str) -> str:
+    """`where`: how the anchor relates to the user ("in your cart", "you are looking at", ...)."""
     others = [describe(rec, e.item_id) for e in reasons.evidence]
-    where = "in your cart" if in_cart else "you are looking at" if reasons.drivers else "picked for you"
     strongest = max(reasons.evidence, key=lambda e: e.pair_baskets, default=None)
     proof = (
         f"; bought together in {strongest.pair_baskets} baskets (lift {strongest.lift:.1f})"

@@ -138,6 +138,21 @@ def test_recommender_bundles_are_explained_and_constrained(artifact_root: Path) 
     assert rec.bundles(["no-such-item"]) == []
 
 
+def test_a_bundle_line_says_how_its_anchor_relates_to_the_user(artifact_root: Path) -> None:
+    rec = Recommender.load(artifact_root)
+    history = [item for item, _ in rec.popular(4)]
+    in_cart, looked_at = rec.bundles(history[:2], cart=[history[0]], n=2, size=2)
+    assert (in_cart.anchor, looked_at.anchor) == (history[0], history[1])
+    assert "in your cart" in in_cart.explanation and "you are looking at" in looked_at.explanation
+    bought = rec.bundles_batch([history[:2]], [["view", "purchase"]], excludes=[{history[1]}], n=1, size=2)[
+        0
+    ][0]
+    assert bought.anchor == history[1] and "you just bought" in bought.explanation
+    assert history[1] not in bought.items  # a purchased anchor is context, not a member
+    picked = rec.bundles_batch([history[:2]], carts=[history[:2]], n=3, size=2)[0][-1]
+    assert picked.anchor not in history[:2] and "picked for you" in picked.explanation
+
+
 RELEVANCE = {"saucer": 0.5, "pot": -1.0, "spoon": 2.0, "tray": 0.25}
 
 
