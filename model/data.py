@@ -210,8 +210,19 @@ def _catalog(lines: pd.DataFrame) -> pd.DataFrame:
 
 
 def item_names(catalog: pd.DataFrame) -> dict[str, str]:
-    """Display names by item id: catalogue descriptions in title case (items without one are left out)."""
-    names = catalog["description"].fillna("").astype(str).str.strip().str.title()
+    """Display names by item id: catalogue descriptions in title case (items without one are left out).
+
+    `str.title` capitalises after an apostrophe ("Poppy'S"), so a letter ending a word after one is
+    lowered again ("Poppy's", "Don't").
+    """
+    names = (
+        catalog["description"]
+        .fillna("")
+        .astype(str)
+        .str.strip()
+        .str.title()
+        .str.replace(r"'([A-Z])\b", lambda match: "'" + match.group(1).lower(), regex=True)
+    )
     return {item: name for item, name in zip(catalog["item_id"].astype(str), names, strict=True) if name}
 
 

@@ -17,6 +17,7 @@ from model.data import (
     Case,
     Session,
     default_data_path,
+    item_names,
     load_dataset,
     load_events,
     load_online_retail,
@@ -358,3 +359,17 @@ def test_load_dataset_dispatches_events(tmp_path: Path) -> None:
     log = tmp_path / "events.csv"
     log.write_text(SESSION_LOG)
     assert load_dataset("events", log).train == load_events(log).train
+
+
+def test_item_names_are_title_case_without_a_capital_after_an_apostrophe() -> None:
+    catalog = pd.DataFrame(
+        {
+            "item_id": ["1", "2", "3", "4"],
+            "description": ["POPPY'S PLAYHOUSE BEDROOM", " SET OF 6 T-LIGHTS ", "DON'T PANIC", None],
+        }
+    )
+    assert item_names(catalog) == {
+        "1": "Poppy's Playhouse Bedroom",
+        "2": "Set Of 6 T-Lights",
+        "3": "Don't Panic",
+    }
