@@ -13,6 +13,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -69,13 +70,17 @@ def _step_records(events: pd.DataFrame, count: int, run_id: str) -> Iterator[Rec
     return event_records(rows.reset_index(drop=True), run_id)
 
 
+class Received(NamedTuple):
+    at: float  # time.monotonic() when the answer was read
+    worker_ms: float  # the answer's own latency_ms
+
+
 class AnswerClock:
     """Reads the output topic and notes when each event's recommendation arrived."""
 
     def __init__(self, settings: StreamSettings) -> None:
         self.settings = settings
-        self.received: dict[str, float] = {}
-        self.worker_ms: dict[str, float] = {}
+        self.received: dict[str, Received] = {}  # event_id -> its first answer
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> AnswerClock:
@@ -94,8 +99,7 @@ class AnswerClock:
                         now = time.monotonic()
                         for message in messages:
                             answer = json.loads(message.value)
-                            self.received.setdefault(answer["event_id"], now)
-                            self.worker_ms.setdefault(answer["event_id"], answer["latency_ms"])
+                            self.received.setdefault(answer["event_id"], Received(now, answer["latency_ms"]))
             finally:
                 await consumer.stop()
 
@@ -130,8 +134,8 @@ async def run_step(
         await asyncio.sleep(0.05)
     after = scrape(metrics_url)
     answered = [event_id for event_id in sent if event_id in clock.received]
-    latencies = np.array([clock.received[e] - sent[e] for e in answered]) * 1e3
-    span = max(clock.received[e] for e in answered) - min(sent.values()) if answered else float("nan")
+    latencies = np.array([clock.received[e].at - sent[e] for e in answered]) * 1e3
+    span = max(clock.received[e].at for e in answered) - min(sent.values()) if answered else float("nan")
 
     def delta(name: str, stage: str = "") -> float:
         return after.get((name, stage), 0.0) - before.get((name, stage), 0.0)
@@ -144,7 +148,7 @@ async def run_step(
         sustained=len(answered) / span if answered else 0.0,
         p50_ms=float(np.percentile(latencies, 50)) if answered else float("nan"),
         p99_ms=float(np.percentile(latencies, 99)) if answered else float("nan"),
-        worker_p99_ms=float(np.percentile([clock.worker_ms[e] for e in answered], 99))
+        worker_p99_ms=float(np.percentile([clock.received[e].worker_ms for e in answered], 99))
         if answered
         else float("nan"),
         batch_size=delta("bundlecast_batch_size_events_sum") / batches if batches else float("nan"),

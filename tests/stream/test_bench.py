@@ -1,0 +1,40 @@
+"""`bundlecast bench` end to end on a real broker: every offered event is answered and each step is reported.
+
+No speed is asserted (speed is measured and recorded in BENCHMARKS.md, never tested).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from stream.broker import EmbeddedBroker
+
+
+def test_bench_answers_every_offered_event_and_reports_each_step(
+    kafka_broker: EmbeddedBroker, artifact_root: Path
+) -> None:
+    env = os.environ | {
+        "BUNDLECAST_KAFKA_BOOTSTRAP": kafka_broker.bootstrap,
+        "BUNDLECAST_MODEL_DIR": str(artifact_root),
+        "BUNDLECAST_METRICS_PORT": "0",
+        "BUNDLECAST_PARTITIONS": "2",
+        "OMP_NUM_THREADS": "1",
+        "COLUMNS": "250",
+    }
+    command = ["bench", "--rate", "50", "--rate", "0", "--seconds", "1", "--burst", "60"]
+    result = subprocess.run(
+        [sys.executable, "-m", "stream.cli", *command], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = {
+        cells[0]: cells
+        for line in result.stdout.splitlines()
+        if line.startswith("│")
+        for cells in [[cell.strip() for cell in line.strip("│").split("│")]]
+    }
+    assert rows["50"][1:3] == ["50", "50"], result.stdout  # offered events, answered events
+    assert rows["max"][1:3] == ["60", "60"], result.stdout
+    assert all(float(rows[step][7]) > 0 for step in ("50", "max"))  # mean micro-batch size, from /metrics
