@@ -229,7 +229,10 @@ def test_recovery_after_a_crash_and_onto_an_empty_state_dir(
     workers.append(Worker(kafka_broker, artifact_root, state_dir, log, **one_record_batches))
     expected = {f"e{n}" for n in range(24)} | {f"e{100 + n}" for n in range(150)}
     records = asyncio.run(consume(kafka_broker, lambda r: answered(r) >= expected, settle_s=0))
-    assert answered(records) == expected  # nothing unanswered, and nothing but these ids
+    missing = sorted(expected - answered(records))
+    assert answered(records) == expected, (  # nothing unanswered, and nothing but these ids
+        f"unanswered {missing[:10]}... ({len(missing)}); worker log ends:\n{log.read_text()[-6000:]}"
+    )
     workers[-1].stop()
 
     # A new worker with an empty state dir restores the sessions from the changelog: an event for an
