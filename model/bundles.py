@@ -323,8 +323,6 @@ def explained_bundles(
     rec: Recommender,
     attribution: Attribution,
     candidates: Sequence[Sequence[tuple[str, float]]],
-    histories: Sequence[Sequence[str]],
-    types: Sequence[Sequence[str]],
     carts: Sequence[Sequence[str]],
     excludes: Sequence[Collection[str]],
     n: int = 3,
@@ -333,7 +331,7 @@ def explained_bundles(
 ) -> list[list[ExplainedBundle]]:
     """Explained bundles for a micro-batch of users, from what retrieval already computed for them.
 
-    `attribution` encodes these histories (`model.explain.attribute`) and `candidates` are the model's
+    `attribution` encodes their histories (`model.explain.attribute`) and `candidates` are the model's
     picks for them (`Recommender.search`, CANDIDATES_PER_ANCHOR deep): no forward or search of its own.
     A user with no known item (in history or cart) gets no bundles: there is nothing to anchor them on.
     """
@@ -341,7 +339,7 @@ def explained_bundles(
     sessions = attribution.sessions
     answers: list[list[ExplainedBundle]] = []
     for row, (history, event_types, cart, excluded, ranked) in enumerate(
-        zip(histories, types, carts, excludes, candidates, strict=True)
+        zip(attribution.histories, attribution.types, carts, excludes, candidates, strict=True)
     ):
         known_cart = [item for item in reversed(cart) if item in rec.vocab]
         if not known_cart and not rec.known(history):
@@ -352,9 +350,7 @@ def explained_bundles(
         relevance = _session_relevance(rec, context, sessions.vectors[row], sessions.repeats[row])
         assembled = assemble_in(context.space, anchors, relevance, n, size, budget, excluded)
         attributed = [b.anchor for b in assembled if _needs_attribution(b, history, cart)]
-        drivers = dict(
-            zip(attributed, attribution.drivers(rec, row, history, event_types, attributed), strict=True)
-        )
+        drivers = dict(zip(attributed, attribution.drivers(rec, row, attributed), strict=True))
         answers.append(
             [
                 explain_bundle(rec, context, bundle, history, event_types, cart, drivers.get(bundle.anchor))

@@ -88,6 +88,8 @@ class Attribution:
     encoded: EncodedSessions  # every distinct model input of the batch
     rows: list[list[int]]  # per history: its full input's row, then one row per attributed position
     positions: list[list[int]]  # per history: attributed history positions, aligned with rows[1:]
+    histories: Sequence[Sequence[str]]  # the item ids encoded, oldest first
+    types: Sequence[Sequence[str]]  # their event types (views where none were given)
     _drivers: dict[tuple[int, str], list[Driver]] = field(default_factory=dict, repr=False, compare=False)
 
     @cached_property
@@ -110,21 +112,17 @@ class Attribution:
                 scores[:, column] += [self.encoded.repeats[row].get(item_row, 0.0) for row in rows]
         return (scores[0] - scores[1:]) * known
 
-    def drivers(
-        self,
-        rec: Recommender,
-        history: int,
-        events: Sequence[str],
-        event_types: Sequence[str],
-        items: Sequence[str],
-    ) -> list[list[Driver]]:
-        """Each item's drivers among the events of history `history` (its `events` and `event_types`;
-        see `drivers_from`), computed once per (history, item): an answer's item explanations and its
-        bundle explanations ask about the same items."""
+    def drivers(self, rec: Recommender, history: int, items: Sequence[str]) -> list[list[Driver]]:
+        """Each item's drivers among the events of history `history` (see `drivers_from`), computed once
+        per (history, item): an answer's item explanations and its bundle explanations ask about the
+        same items."""
         missing = [item for item in dict.fromkeys(items) if (history, item) not in self._drivers]
         if missing:
             found = drivers_from(
-                events, event_types, self.positions[history], self.drops(rec, history, missing)
+                self.histories[history],
+                self.types[history],
+                self.positions[history],
+                self.drops(rec, history, missing),
             )
             self._drivers.update(
                 ((history, item), drivers) for item, drivers in zip(missing, found, strict=True)
@@ -146,10 +144,11 @@ def attribute(
     def row_of(indices: list[int], type_ids: list[int]) -> int:
         return inputs.setdefault((tuple(indices), tuple(type_ids)), len(inputs))
 
+    types = types if types is not None else [["view"] * len(history) for history in histories]
     rows: list[list[int]] = []
     positions: list[list[int]] = []
-    for row, history in enumerate(histories):
-        indices, type_ids = encode_history(history, types[row] if types is not None else None, rec.vocab)
+    for history, event_types in zip(histories, types, strict=True):
+        indices, type_ids = encode_history(history, event_types, rec.vocab)
         known = [p for p, item in enumerate(history) if item in rec.vocab]  # aligned with `indices`
         window = [j for j, p in enumerate(known) if p >= len(history) - ATTRIBUTION_WINDOW]
         rows.append(
@@ -162,7 +161,7 @@ def attribute(
     distinct = list(inputs)
     encoded = encode_sessions(rec.model, distinct, next(rec.model.parameters()).device)
     encoded.vectors[[not indices for indices, _ in distinct]] = 0.0
-    return Attribution(encoded, rows, positions)
+    return Attribution(encoded, rows, positions, histories, types)
 
 
 def drivers_from(
@@ -198,21 +197,15 @@ def drivers_from(
 
 
 def explain_items(
-    rec: Recommender,
-    attribution: Attribution,
-    histories: Sequence[Sequence[str]],
-    types: Sequence[Sequence[str]],
-    recommendations: Sequence[Sequence[tuple[str, float]]],
+    rec: Recommender, attribution: Attribution, recommendations: Sequence[Sequence[tuple[str, float]]]
 ) -> list[list[ExplainedItem]]:
-    """Reasons and a one-line explanation for every recommended item of a micro-batch of users
-    (`attribution` from `attribute` over the same histories)."""
+    """Reasons and a one-line explanation for every recommended item of a micro-batch of users, one
+    list of recommendations per history of `attribution` (from `attribute`)."""
     answers = []
-    for row, (history, event_types, recs) in enumerate(zip(histories, types, recommendations, strict=True)):
+    for row, (history, recs) in enumerate(zip(attribution.histories, recommendations, strict=True)):
         personal = rec.known(history)
         items = [item for item, _ in recs]
-        drivers = (
-            attribution.drivers(rec, row, history, event_types, items) if personal else [[] for _ in items]
-        )
+        drivers = attribution.drivers(rec, row, items) if personal else [[] for _ in items]
         answer = []
         for (item, score), item_drivers in zip(recs, drivers, strict=True):
             code: ReasonCode

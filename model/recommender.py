@@ -220,7 +220,6 @@ class Recommender:
     ) -> list[list[ExplainedBundle]]:
         """Up to n explained bundles of `size` items per user (see model/bundles.py): one batched encode
         (with the attribution their explanations need) and one search for all users."""
-        types = types if types is not None else [["view"] * len(history) for history in histories]
         carts = carts if carts is not None else [()] * len(histories)
         excludes = excludes if excludes is not None else [()] * len(histories)
         attribution = attribute(self, histories, types)
@@ -229,9 +228,7 @@ class Recommender:
             CANDIDATES_PER_ANCHOR,
             [{*excluded, *cart} for excluded, cart in zip(excludes, carts, strict=True)],
         )
-        return explained_bundles(
-            self, attribution, candidates, histories, types, carts, excludes, n, size, budget
-        )
+        return explained_bundles(self, attribution, candidates, carts, excludes, n, size, budget)
 
     def bundles(
         self,

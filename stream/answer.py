@@ -67,10 +67,8 @@ def compose_answers(
     read-out and assembly are timed together as the `bundles` stage (what an answer costs on top of
     retrieval).
     """
-    histories = [state.history for state in states]
-    types = [state.history_types for state in states]
     with metrics.observe_stage("bundles"):
-        items = explain_items(recommender, attribution, histories, types, rankings)
+        items = explain_items(recommender, attribution, rankings)
         if bundle_count == 0 or recommender.complements is None:
             offered: list[list[ExplainedBundle]] = [[] for _ in states]
         else:
@@ -78,8 +76,6 @@ def compose_answers(
                 recommender,
                 attribution,
                 candidates,
-                histories,
-                types,
                 [state.cart for state in states],
                 [state.purchased for state in states],
                 n=bundle_count,

@@ -28,7 +28,7 @@ def load_warm(path: Path) -> Recommender:
     if popular:
         history, types = [popular[:1]], [["view"]]
         attribution = attribute(recommender, history, types)
-        explain_items(recommender, attribution, history, types, [[(popular[-1], 0.0)]])
+        explain_items(recommender, attribution, [[(popular[-1], 0.0)]])
         if recommender.complements is not None:
             recommender.bundles(popular[:1])
     return recommender

@@ -94,8 +94,9 @@ class Pipeline:
             attribution = attribute(
                 recommender, [state.history for state in states], [state.history_types for state in states]
             )
-        cold = [i for i, state in enumerate(states) if not recommender.known(state.history)]
-        warm = sorted(set(range(len(states))) - set(cold))
+        known = [recommender.known(state.history) for state in states]
+        warm = [i for i, is_known in enumerate(known) if is_known]
+        cold = [i for i, is_known in enumerate(known) if not is_known]
         depth = max(self.k, CANDIDATES_PER_ANCHOR) if self.bundle_count else self.k
         candidates: list[Ranked] = [[] for _ in states]  # cold users have no model candidates
         with metrics.observe_stage("faiss"):

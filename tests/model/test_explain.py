@@ -25,7 +25,7 @@ def test_every_item_is_explained(rec: Recommender, online_retail_sample: Dataset
     histories = [list(case.prefix) for case in cases] + [[], ["no-such-item"]]
     types = [list(case.prefix_types) for case in cases] + [[], ["view"]]
     recommendations = rec.recommend_batch(histories, types, k=5)
-    answers = explain_items(rec, attribute(rec, histories, types), histories, types, recommendations)
+    answers = explain_items(rec, attribute(rec, histories, types), recommendations)
     assert [len(a) for a in answers] == [len(r) for r in recommendations]
     for history, answer in zip(histories, answers, strict=True):
         for item in answer:
@@ -136,6 +136,6 @@ def test_drivers_are_computed_once_per_item_and_match_drivers_from(
     monkeypatch.setattr(
         Attribution, "drops", lambda self, r, row, wanted: asked.extend(wanted) or drops(self, r, row, wanted)
     )
-    assert attribution.drivers(rec, 0, history, types, items[:4]) == expected[:4]
-    assert attribution.drivers(rec, 0, history, types, items[2:]) == expected[2:]
+    assert attribution.drivers(rec, 0, items[:4]) == expected[:4]
+    assert attribution.drivers(rec, 0, items[2:]) == expected[2:]
     assert asked == items  # the overlap (items 2 and 3) was not computed twice
