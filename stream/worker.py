@@ -1,9 +1,9 @@
 """The Faust worker: clickstream in, micro-batched answers out, per-user state in a RocksDB table.
 
 Delivery is at-least-once: Faust commits an input offset only after the batch holding it was fully
-handled (`BatchingStream.take_batches` acks after the loop body) and after flushing the producer, so
-every valid event is answered before its offset is committed; a crash in between re-answers it with the
-same event_id.
+handled (`BatchingStream.take_batches` acks after the loop body) and after flushing the producer (every
+buffered answer and changelog record, `DrainingProducerBuffer`), so every valid event is answered before
+its offset is committed; a crash in between re-answers it with the same event_id.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ import faust
 from aiokafka import AIOKafkaConsumer
 from faust.streams import _current_event
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.transport.producer import ProducerBuffer
 from faust.types import EventT
+from faust.types.tuples import FutureMessage
 from mode.utils.aiter import aiter
 from mode.utils.futures import notify
 
@@ -203,19 +205,61 @@ class _ShortFetchConsumer(faust_aiokafka.Consumer):
         return _ShortFetchConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
 
-class _ShortFetchTransport(faust_aiokafka.Transport):
+class DrainingProducerBuffer(ProducerBuffer):
+    """Faust's producer buffer, with a `flush` that returns only once every buffered message is with the
+    Kafka client.
+
+    Before committing input offsets Faust flushes this buffer, then the Kafka client. Faust's own buffer
+    flush gives up as soon as no message has left the buffer for 0.1 s (a slow broker, a busy box) and
+    ignores a message the buffer is handing over right then, so the commit could cover events whose
+    answers were still buffered: a crash then lost those answers (seen as an unanswered event in the
+    recovery test). Answers and changelog records are buffered (`send_soon`), so this flush is what
+    makes delivery at-least-once.
+    """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.handing_over = 0  # messages taken off the queue and not yet with the Kafka client
+
+    async def _send_pending(self, fut: FutureMessage) -> None:
+        self.handing_over += 1
+        try:
+            await super()._send_pending(fut)
+        finally:
+            self.handing_over -= 1
+
+    async def flush(self) -> None:
+        if self.state != "running":  # stopping: Faust's own flush raises if anything is left
+            await super().flush()
+            return
+        while self.size or self.handing_over:
+            self.message_sent.clear()  # set by the buffer's sender after each message
+            if await self.wait_for_stopped(self.message_sent):  # stopped or crashed meanwhile
+                raise RuntimeError(f"producer buffer stopped with {self.size} messages unsent")
+
+
+class _DrainingProducer(faust_aiokafka.Producer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.buffer = DrainingProducerBuffer(loop=self.loop, beacon=self.beacon)
+        self.buffer.app = self.app
+
+
+class _Transport(faust_aiokafka.Transport):
     Consumer = _ShortFetchConsumer
+    Producer = _DrainingProducer
 
 
 class BundlecastApp(faust.App):
-    """A Faust app whose Kafka consumer waits at most `fetch_max_wait_ms` for input."""
+    """A Faust app whose Kafka consumer waits at most `fetch_max_wait_ms` for input, and whose producer
+    flushes every buffered message before input offsets are committed (`DrainingProducerBuffer`)."""
 
     def __init__(self, *args: Any, fetch_max_wait_ms: int, **options: Any) -> None:
         self.fetch_max_wait_ms = fetch_max_wait_ms
         super().__init__(*args, **options)
 
     def _new_transport(self) -> faust_aiokafka.Transport:
-        return _ShortFetchTransport(self.conf.broker_consumer, self)
+        return _Transport(self.conf.broker_consumer, self)
 
 
 def _credentials(settings: StreamSettings) -> faust.types.auth.CredentialsT | None:

@@ -1,9 +1,10 @@
 """SASRec-family session encoder: causal self-attention over a user's recent events.
 
 Kept in one readable file in the spirit of nanoGPT. Inputs are item indices shifted by one (0 is padding),
-event-type ids and positions counted back from the most recent event, so "the last thing the user did" always
-has the same position embedding however long the session is. The output item table is the input table (tied),
-which is what goes into FAISS: a session vector's inner product with an item row is the model's score.
+event-type ids and positions counted from the oldest event of the window (counted back from the latest event,
+a training position would tell the model how many events its window still holds after it). The output item
+table is the input table (tied), which is what goes into FAISS: a session vector's inner product with an item
+row is the model's score.
 
 Shoppers return to what they just viewed, and one vector cannot point at every item of the session and at
 the next new one at once, so items already in the session also get a learned repeat bonus (RepeatNet's

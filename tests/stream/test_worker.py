@@ -11,16 +11,17 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import jsonschema
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from model.artifacts import resolve_version
 from stream.broker import EmbeddedBroker
 from stream.schemas import load_schema
 from stream.state import UserState
-from stream.worker import BatchStates, BundlecastApp, batch_window
+from stream.worker import BatchStates, BundlecastApp, DrainingProducerBuffer, batch_window
 from tests.conftest import PublishCopy
 
 ANSWER_TIMEOUT_S = 90.0
@@ -72,17 +73,45 @@ def event(n: int, user: str, item: str, kind: str = "view") -> tuple[bytes, byte
     return user.encode(), json.dumps(body).encode()
 
 
-async def produce(broker: EmbeddedBroker, records: list[tuple[bytes | None, bytes]], rate: float = 0) -> None:
+async def produce(
+    broker: EmbeddedBroker, records: list[tuple[bytes | None, bytes]], rate: float = 0
+) -> list[tuple[int, int]]:
+    """Send `records` to the input topic; return where each landed (partition, offset)."""
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
     await producer.start()
     try:
+        sent = []
         for key, value in records:
-            await producer.send("clickstream", key=key, value=value)
+            sent.append(await producer.send("clickstream", key=key, value=value))
             if rate:
                 await asyncio.sleep(1 / rate)
         await producer.flush()
+        return [((metadata := await future).partition, metadata.offset) for future in sent]
     finally:
         await producer.stop()
+
+
+async def input_offsets(broker: EmbeddedBroker) -> str:
+    """The input topic's end offset and the worker group's committed offset per partition (for failures).
+
+    Read by a consumer that names the worker's group but never joins it, so it moves no partition."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=broker.bootstrap, group_id="bundlecast", enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition("clickstream", p)
+            for p in sorted(consumer.partitions_for_topic("clickstream") or ())
+        ]
+        ends = await consumer.end_offsets(partitions)
+        committed = [await consumer.committed(tp) for tp in partitions]
+        return ", ".join(
+            f"p{tp.partition}: end {ends[tp]}, committed {offset}"
+            for tp, offset in zip(partitions, committed, strict=True)
+        )
+    finally:
+        await consumer.stop()
 
 
 async def consume(
@@ -231,7 +260,8 @@ def test_recovery_after_a_crash_and_onto_an_empty_state_dir(
     records = asyncio.run(consume(kafka_broker, lambda r: answered(r) >= expected, settle_s=0))
     missing = sorted(expected - answered(records))
     assert answered(records) == expected, (  # nothing unanswered, and nothing but these ids
-        f"unanswered {missing[:10]}... ({len(missing)}); worker log ends:\n{log.read_text()[-6000:]}"
+        f"unanswered {missing[:10]}... ({len(missing)}); {asyncio.run(input_offsets(kafka_broker))}; "
+        f"worker log ends:\n{log.read_text()[-6000:]}"
     )
     workers[-1].stop()
 
@@ -239,12 +269,15 @@ def test_recovery_after_a_crash_and_onto_an_empty_state_dir(
     # unknown item is answered from the restored history, without the items bought before the crash.
     workers.append(Worker(kafka_broker, artifact_root, tmp_path / "fresh-state", log, **one_record_batches))
     probes = [event(500 + u, user, f"brand-new-{u}") for u, user in enumerate(users)]
-    asyncio.run(produce(kafka_broker, probes))
+    landed = asyncio.run(produce(kafka_broker, probes))
     records = asyncio.run(
         consume(kafka_broker, lambda r: answered(r) >= expected | {"e500", "e501", "e502", "e503"})
     )
     unanswered = {f"e{500 + u}" for u in range(4)} - answered(records)
-    assert not unanswered, f"{sorted(unanswered)} unanswered; worker log ends:\n{log.read_text()[-4000:]}"
+    assert not unanswered, (
+        f"{sorted(unanswered)} unanswered; probes landed at (partition, offset) {landed}; "
+        f"{asyncio.run(input_offsets(kafka_broker))}; worker log ends:\n{log.read_text()[-4000:]}"
+    )
     last = {r["event_id"]: r for r in records["recommendations"]}
     for u in range(4):
         answer = last[f"e{500 + u}"]
@@ -412,3 +445,29 @@ def test_a_batch_stays_open_as_long_as_the_last_one_took_to_handle_within_idle_a
     assert batch_window(linger_s=0.05, idle_s=0.002, last_handling_s=0.012) == 0.012  # moderate load
     assert batch_window(linger_s=0.05, idle_s=0.002, last_handling_s=0.3) == 0.05  # a backlog: capped
     assert batch_window(linger_s=0.05, idle_s=0.002, last_handling_s=0.0005) == 0.002  # never below idle
+
+
+def test_a_producer_flush_returns_only_once_every_buffered_message_is_handed_over() -> None:
+    """Faust's own buffer flush returned after 0.1 s without progress, so a commit could pass answers
+    still in the buffer; each hand-over here takes longer than that."""
+    handed_over: list[int] = []
+
+    class SlowChannel:
+        async def publish_message(self, fut: SimpleNamespace, wait: bool = False) -> None:
+            await asyncio.sleep(0.15)
+            handed_over.append(fut.message.value)
+
+    async def flush_three() -> None:
+        buffer = DrainingProducerBuffer()
+        buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))
+        await buffer.start()
+        try:
+            for n in range(3):
+                buffer.put(SimpleNamespace(message=SimpleNamespace(channel=SlowChannel(), value=n)))
+            await asyncio.sleep(0.01)  # the first message is being handed over, the queue holds two
+            await buffer.flush()
+            assert handed_over == [0, 1, 2]
+        finally:
+            await buffer.stop()
+
+    asyncio.run(flush_three())
