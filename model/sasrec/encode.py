@@ -75,7 +75,7 @@ class EncodedSessions:
         return EncodedSessions(self.vectors[list(rows)], [self.repeats[row] for row in rows])
 
     def scores(self, item_vectors: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
-        """Full scores (B, n) of the items `columns` index (default: all rows of `item_vectors`)."""
+        """Full scores (B, n) of the items `columns` index (distinct rows; default: all of `item_vectors`)."""
         picked = item_vectors if columns is None else item_vectors[columns]
         scores = self.vectors @ picked.T
         position = None if columns is None else {int(c): i for i, c in enumerate(columns)}

@@ -226,7 +226,10 @@ def train(
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     lengths = [len(items) for items, _ in windows]
-    steps_per_epoch = len(window_chunks(lengths, config.batch_size, config.step_targets, random.Random()))
+    # Chunks follow window lengths, so every epoch has this many steps whatever the shuffle.
+    steps_per_epoch = len(
+        window_chunks(lengths, config.batch_size, config.step_targets, random.Random(config.seed))
+    )
     decay_steps = config.decay_epochs * steps_per_epoch
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: max(1.0 - step / decay_steps, 0.02) if decay_steps else 1.0
