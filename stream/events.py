@@ -26,6 +26,7 @@ DlqReason = Literal[
     "id_too_long",
     "bad_timestamp",
     "key_mismatch",
+    "processing_error",  # a valid event the worker failed to answer (a bug, not bad input)
 ]
 DLQ_REASONS: tuple[DlqReason, ...] = get_args(DlqReason)
 

@@ -13,10 +13,10 @@ import logging
 import signal
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import faust
 from aiokafka import AIOKafkaConsumer
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 SESSIONS_TABLE = "sessions"
 LAG_INTERVAL_S = 5.0
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -67,6 +69,28 @@ def batch_window(linger_s: float, idle_s: float, last_handling_s: float) -> floa
     batches grow with the load instead of every batch lingering the full `linger_s`.
     """
     return min(linger_s, max(idle_s, last_handling_s))
+
+
+def handle_isolating_failures(
+    events: Sequence[T], handle: Callable[[Sequence[T]], None], on_failure: Callable[[T, Exception], None]
+) -> None:
+    """Handle a batch; if that raises, handle its halves, and so on down to single events: every event
+    that fails alone goes to `on_failure`, every other one is handled.
+
+    One poison event (a valid message that trips a bug) must neither crash the worker nor hold back the
+    rest of its batch: left unacked, it would stall its partition's commits and fail again after every
+    restart. Bisection finds it in about 2 log2(batch) calls. A retried half may repeat answers its failed
+    attempt already sent, with the same event_id (at-least-once); state updates are idempotent per event.
+    """
+    try:
+        handle(events)
+    except Exception as error:
+        if len(events) == 1:
+            on_failure(events[0], error)
+            return
+        middle = len(events) // 2
+        handle_isolating_failures(events[:middle], handle, on_failure)
+        handle_isolating_failures(events[middle:], handle, on_failure)
 
 
 class BatchingStream(faust.Stream):
@@ -316,7 +340,25 @@ def create_app(settings: StreamSettings) -> faust.App:
     sessions = app.Table(SESSIONS_TABLE, partitions=partitions, key_type=bytes)
     next_offsets: dict[int, int] = {}
 
-    async def handle(events: Sequence[EventT]) -> None:
+    def letter_for(event: EventT, rejection: Rejection) -> bytes:
+        message = event.message
+        source_position = (message.topic, message.partition, message.offset)
+        return dead_letter(message.key, message.value, rejection, source_position, datetime.now(UTC))
+
+    def dead_letter_failure(event: EventT, error: Exception) -> None:
+        """A valid event that could not be answered: logged, and dead-lettered with the error."""
+        log.exception(
+            "event at %s:%s:%s could not be answered",
+            event.message.topic,
+            event.message.partition,
+            event.message.offset,
+            exc_info=error,
+        )
+        metrics.DLQ_EVENTS.labels(reason="processing_error").inc()
+        rejection = Rejection("processing_error", f"{type(error).__name__}: {error}")
+        dlq.send_soon(key=event.message.key, value=letter_for(event, rejection))
+
+    def answer_batch(events: Sequence[EventT]) -> None:
         now, started = time.time(), time.monotonic()
         admitted: list[Admitted] = []
         letters: list[tuple[bytes | None, bytes]] = []
@@ -327,15 +369,7 @@ def create_app(settings: StreamSettings) -> faust.App:
                 states.event = event
                 outcome = pipeline.admit(message.key, message.value, states, message.time_in or started, now)
                 if isinstance(outcome, Rejection):
-                    source_position = (message.topic, message.partition, message.offset)
-                    letters.append(
-                        (
-                            message.key,
-                            dead_letter(
-                                message.key, message.value, outcome, source_position, datetime.now(UTC)
-                            ),
-                        )
-                    )
+                    letters.append((message.key, letter_for(event, outcome)))
                 else:
                     admitted.append(outcome)
             states.write_back()
@@ -366,7 +400,7 @@ def create_app(settings: StreamSettings) -> faust.App:
             settings.batch_size, settings.batch_linger_s, settings.batch_idle_s
         )
         async for events in batches:
-            await handle(events)
+            handle_isolating_failures(events, answer_batch, dead_letter_failure)
 
     @app.task
     async def reload_on_sighup() -> None:

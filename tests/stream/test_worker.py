@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -21,10 +22,17 @@ from model.artifacts import resolve_version
 from stream.broker import EmbeddedBroker
 from stream.schemas import load_schema
 from stream.state import UserState
-from stream.worker import BatchStates, BundlecastApp, DrainingProducerBuffer, batch_window
+from stream.worker import (
+    BatchStates,
+    BundlecastApp,
+    DrainingProducerBuffer,
+    batch_window,
+    handle_isolating_failures,
+)
 from tests.conftest import PublishCopy
 
 ANSWER_TIMEOUT_S = 90.0
+FAULT_INJECTION = Path(__file__).parent / "fault_injection"
 ConsumedRecords = dict[str, list[dict]]
 
 
@@ -32,10 +40,25 @@ class Worker:
     """A `bundlecast worker` subprocess against a broker, with its own state dir and log file."""
 
     def __init__(
-        self, broker: EmbeddedBroker, model_dir: Path, state_dir: Path, log: Path, **settings: str
+        self,
+        broker: EmbeddedBroker,
+        model_dir: Path,
+        state_dir: Path,
+        log: Path,
+        python_path: Path | None = None,
+        **settings: str,
     ) -> None:
         env = (
             os.environ
+            | (
+                {
+                    "PYTHONPATH": os.pathsep.join(
+                        filter(None, [str(python_path), os.environ.get("PYTHONPATH")])
+                    )
+                }
+                if python_path
+                else {}
+            )
             | {
                 "BUNDLECAST_METRICS_PORT": "0",
                 "BUNDLECAST_PARTITIONS": "2",
@@ -285,6 +308,32 @@ def test_recovery_after_a_crash_and_onto_an_empty_state_dir(
         assert items[30 + u] not in {i["item_id"] for i in answer["items"]}
 
 
+def test_an_event_that_cannot_be_answered_is_dead_lettered_and_the_worker_goes_on(
+    kafka_broker: EmbeddedBroker, artifact_root: Path, workers: list[Worker], tmp_path: Path
+) -> None:
+    """A valid event whose answer raises (a bug, injected by `fault_injection/sitecustomize.py`) goes to
+    the DLQ with the error; its batch-mates are answered, and so is what comes after."""
+    items = known_items(artifact_root, 10)
+    records = [event(n, f"user{n % 3}", items[n % 10]) for n in range(40)]
+    records[17] = event(17, "user2", "POISON")
+    asyncio.run(produce(kafka_broker, records))
+    workers.append(
+        Worker(kafka_broker, artifact_root, tmp_path / "state", tmp_path / "worker.log", FAULT_INJECTION)
+    )
+    records_out = asyncio.run(
+        consume(kafka_broker, lambda r: len(answered(r)) >= 39 and len(r["clickstream.dlq"]) >= 1)
+    )
+
+    assert answered(records_out) == {f"e{n}" for n in range(40)} - {"e17"}
+    (letter,) = records_out["clickstream.dlq"]
+    assert letter["reason"] == "processing_error", letter
+    assert letter["detail"] == "RuntimeError: injected failure for item POISON"
+    assert base64.b64decode(letter["original_value_base64"]) == records[17][1]
+    asyncio.run(produce(kafka_broker, [event(99, "user2", items[3])]))
+    later = asyncio.run(consume(kafka_broker, lambda r: "e99" in answered(r), settle_s=0))
+    assert "e99" in answered(later) and workers[-1].process.poll() is None
+
+
 def test_idle_users_are_expired_with_a_changelog_tombstone(
     kafka_broker: EmbeddedBroker, artifact_root: Path, workers: list[Worker], tmp_path: Path
 ) -> None:
@@ -481,3 +530,29 @@ def test_a_producer_flush_waits_for_every_message_buffered_before_it_and_no_late
             await buffer.stop()
 
     asyncio.run(flush_while_buffering())
+
+
+def test_a_failing_batch_is_bisected_until_only_the_events_that_fail_alone_are_dead_lettered() -> None:
+    events = list(range(16))
+    poison = {5, 11}
+    calls: list[list[int]] = []
+    handled: list[int] = []
+    failed: list[tuple[int, str]] = []
+
+    def handle(batch: list[int]) -> None:
+        calls.append(batch)
+        if poison & set(batch):
+            raise ValueError(f"cannot answer {sorted(poison & set(batch))}")
+        handled.extend(batch)
+
+    handle_isolating_failures(events, handle, lambda event, error: failed.append((event, str(error))))
+
+    assert sorted(handled) == sorted(set(events) - poison)  # every other event handled, once
+    assert failed == [(5, "cannot answer [5]"), (11, "cannot answer [11]")]
+    assert len(calls) < len(events)  # bisection, not one call per event
+
+
+def test_a_batch_that_does_not_fail_is_handled_in_one_call() -> None:
+    calls: list[list[int]] = []
+    handle_isolating_failures([1, 2, 3], calls.append, lambda event, error: pytest.fail(f"{event}: {error}"))
+    assert calls == [[1, 2, 3]]
