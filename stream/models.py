@@ -56,6 +56,7 @@ class ModelHolder:
         settle_heap()
         metrics.set_model_version(self.current.version, len(self.current.vocab))
         self._lock = asyncio.Lock()
+        self._failed: tuple[Path, float] | None = None  # a version that failed to load, as it was then
 
     def pending_version(self) -> Path | None:
         """The version directory that should answer, when it differs from the current one."""
@@ -63,14 +64,21 @@ class ModelHolder:
         return None if target.resolve() == self.current.version_dir.resolve() else target
 
     async def reload_if_changed(self) -> bool:
-        """Load and swap in a newer version if there is one; on failure keep the current model."""
+        """Load and swap in a newer version if there is one; on failure keep the current model, and do not
+        try that version again (every poll would fail and log the same error) until it changes on disk or
+        another one is published."""
         async with self._lock:
+            attempt = None
             try:
                 target = self.pending_version()
                 if target is None:
                     return False
+                attempt = (target, max(entry.stat().st_mtime for entry in target.iterdir()))
+                if attempt == self._failed:
+                    return False
                 loaded = await asyncio.to_thread(load_warm, target)
             except Exception:
+                self._failed = attempt
                 metrics.MODEL_RELOAD_FAILURES.inc()
                 log.exception(
                     "model reload from %s failed; version %s keeps answering",

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import shutil
+import time
 import weakref
 from pathlib import Path
 
 from model.artifacts import resolve_version
 from model.bundles import _CONTEXTS
+from stream import metrics
 from stream.models import ModelHolder
 from tests.conftest import PublishCopy
 
@@ -43,3 +47,24 @@ def test_the_answering_model_is_frozen_out_of_full_collections_and_a_replaced_on
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_a_version_that_fails_to_load_is_not_served_nor_retried_until_it_changes(
+    model_dir: Path, publish_copy: PublishCopy
+) -> None:
+    holder = ModelHolder(model_dir)
+    good = holder.current
+    publish_copy(model_dir, good.version, "99990101T000000Z-broken")
+    weights = resolve_version(model_dir) / "weights.pt"
+    weights.write_bytes(b"not a checkpoint")
+    failures = metrics.MODEL_RELOAD_FAILURES._value.get()
+
+    assert not asyncio.run(holder.reload_if_changed())
+    assert not asyncio.run(holder.reload_if_changed())  # the same broken version: not loaded again
+    assert holder.current is good
+    assert metrics.MODEL_RELOAD_FAILURES._value.get() == failures + 1
+
+    shutil.copyfile(good.version_dir / "weights.pt", weights)  # repaired in place
+    os.utime(weights, (time.time() + 1, time.time() + 1))  # (a later mtime even on a coarse clock)
+    assert asyncio.run(holder.reload_if_changed())
+    assert holder.current.version == "99990101T000000Z-broken"
