@@ -95,7 +95,8 @@ MODEL = Info("bundlecast_model", "Version of the model artifact currently answer
 INDEX_ITEMS = Gauge("bundlecast_index_items", "Items in the FAISS index currently answering.")
 MODEL_RELOADS = Counter("bundlecast_model_reloads_total", "Successful model and index hot reloads.")
 MODEL_RELOAD_FAILURES = Counter(
-    "bundlecast_model_reload_failures_total", "Hot reloads that failed; the previous model keeps answering."
+    "bundlecast_model_reload_failures_total",
+    "Reload polls that found a published version that cannot be loaded; the previous model keeps answering.",
 )
 
 # Pre-create the known label values so their series exist at 0 before the first event: rate() and absent()

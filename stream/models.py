@@ -64,9 +64,11 @@ class ModelHolder:
         return None if target.resolve() == self.current.version_dir.resolve() else target
 
     async def reload_if_changed(self) -> bool:
-        """Load and swap in a newer version if there is one; on failure keep the current model, and do not
-        try that version again (every poll would fail and log the same error) until it changes on disk or
-        another one is published."""
+        """Load and swap in a newer version if there is one; on failure keep the current model.
+
+        A version that failed is not loaded and logged again (every poll would repeat the same error) until
+        it changes on disk or another one is published, but each poll that finds it still counts as a
+        failure, so the reload-failure alert keeps firing while the published version cannot be served."""
         async with self._lock:
             attempt = None
             try:
@@ -75,6 +77,7 @@ class ModelHolder:
                     return False
                 attempt = (target, max(entry.stat().st_mtime for entry in target.iterdir()))
                 if attempt == self._failed:
+                    metrics.MODEL_RELOAD_FAILURES.inc()
                     return False
                 loaded = await asyncio.to_thread(load_warm, target)
             except Exception:

@@ -10,6 +10,8 @@ import time
 import weakref
 from pathlib import Path
 
+import pytest
+
 from model.artifacts import resolve_version
 from model.bundles import _CONTEXTS
 from stream import metrics
@@ -50,7 +52,7 @@ def test_the_answering_model_is_frozen_out_of_full_collections_and_a_replaced_on
 
 
 def test_a_version_that_fails_to_load_is_not_served_nor_retried_until_it_changes(
-    model_dir: Path, publish_copy: PublishCopy
+    model_dir: Path, publish_copy: PublishCopy, caplog: pytest.LogCaptureFixture
 ) -> None:
     holder = ModelHolder(model_dir)
     good = holder.current
@@ -62,7 +64,10 @@ def test_a_version_that_fails_to_load_is_not_served_nor_retried_until_it_changes
     assert not asyncio.run(holder.reload_if_changed())
     assert not asyncio.run(holder.reload_if_changed())  # the same broken version: not loaded again
     assert holder.current is good
-    assert metrics.MODEL_RELOAD_FAILURES._value.get() == failures + 1
+    assert [r.message for r in caplog.records if "reload" in r.message] == [
+        f"model reload from {model_dir} failed; version {good.version} keeps answering"
+    ]
+    assert metrics.MODEL_RELOAD_FAILURES._value.get() == failures + 2  # still failing: the alert holds
 
     shutil.copyfile(good.version_dir / "weights.pt", weights)  # repaired in place
     os.utime(weights, (time.time() + 1, time.time() + 1))  # (a later mtime even on a coarse clock)
