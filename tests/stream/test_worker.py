@@ -50,15 +50,6 @@ class Worker:
     ) -> None:
         env = (
             os.environ
-            | (
-                {
-                    "PYTHONPATH": os.pathsep.join(
-                        filter(None, [str(python_path), os.environ.get("PYTHONPATH")])
-                    )
-                }
-                if python_path
-                else {}
-            )
             | {
                 "BUNDLECAST_METRICS_PORT": "0",
                 "BUNDLECAST_PARTITIONS": "2",
@@ -73,6 +64,8 @@ class Worker:
                 "BUNDLECAST_STATE_DIR": str(state_dir),
             }
         )
+        if python_path:  # ahead of the caller's own PYTHONPATH, if any
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(python_path), env.get("PYTHONPATH")]))
         self.log = log
         command = [sys.executable, "-m", "stream.cli", "worker", "--log-level", "info"]
         self.process = subprocess.Popen(command, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
@@ -117,7 +110,9 @@ async def produce(
 async def input_offsets(broker: EmbeddedBroker) -> str:
     """The input topic's end offset and the worker group's committed offset per partition (for failures).
 
-    Read by a consumer that names the worker's group but never joins it, so it moves no partition."""
+    Read by a consumer that names the worker's group but never joins it, so it moves no partition. Tansu
+    reports a record batch's base offset + 1 as the end of its partition, so "end" can be low when records
+    were produced in batches of several."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=broker.bootstrap, group_id="bundlecast", enable_auto_commit=False
     )
