@@ -97,6 +97,13 @@ class StreamSettings(BaseSettings):
         description="Longest time the broker may hold an empty input fetch. Faust fixes it at 1,500 ms; a "
         "broker that does not answer a waiting fetch when data arrives (Tansu) then delays events that long.",
     )
+    prefetch_backoff_ms: float = Field(
+        5.0,
+        ge=0,
+        description="Longest the input consumer holds off fetching from a broker while records it fetched "
+        "earlier still wait for the worker. aiokafka holds off 100 ms, for every partition on that broker, "
+        "so input stalled for up to 100 ms whenever a batch was being handled.",
+    )
     top_k: int = Field(20, ge=1, le=1000, description="Items per recommendation.")
     bundles_per_answer: int = Field(
         3, ge=0, le=10, description="Most bundles per recommendation (users with a known item; 0: none)."

@@ -427,18 +427,27 @@ def test_sighup_reloads_a_new_version_when_polling_is_off(
     assert worker.process.poll() is None  # SIGHUP reloads; it does not stop the worker
 
 
-def test_the_worker_consumer_waits_at_most_the_configured_fetch_time() -> None:
-    """Faust hard-codes a 1.5 s fetch wait; the worker's consumer must use the setting instead."""
+def test_the_worker_consumer_fetches_on_the_configured_timing(kafka_broker: EmbeddedBroker) -> None:
+    """Faust hard-codes a 1.5 s fetch wait and aiokafka a 100 ms prefetch backoff; the started input
+    consumer must use the settings instead."""
 
-    async def created_wait() -> int:
+    async def started_fetcher() -> tuple[int, float]:
         app = BundlecastApp(
-            "fetch-wait-test", fetch_max_wait_ms=7, broker="kafka://127.0.0.1:9", web_enabled=False
+            "fetch-timing-test",
+            fetch_max_wait_ms=7,
+            prefetch_backoff_ms=3,
+            broker=f"kafka://{kafka_broker.bootstrap}",
+            web_enabled=False,
         )
-        consumer = app.consumer._thread._create_worker_consumer(app.transport)
-        await consumer.stop()
-        return consumer._fetch_max_wait_ms
+        thread = app.consumer._thread
+        await thread.on_start()
+        try:
+            fetcher = thread._consumer._fetcher
+            return fetcher._fetch_max_wait_ms, fetcher._prefetch_backoff
+        finally:
+            await thread._consumer.stop()
 
-    assert asyncio.run(created_wait()) == 7
+    assert asyncio.run(started_fetcher()) == (7, 0.003)
 
 
 class CountingTable(dict):
