@@ -98,7 +98,7 @@ class StreamSettings(BaseSettings):
         "broker that does not answer a waiting fetch when data arrives (Tansu) then delays events that long.",
     )
     prefetch_backoff_ms: float = Field(
-        5.0,
+        20.0,
         ge=0,
         description="Longest the input consumer holds off fetching from a broker while records it fetched "
         "earlier still wait for the worker. aiokafka holds off 100 ms, for every partition on that broker, "
