@@ -44,6 +44,12 @@ class StreamSettings(BaseSettings):
     kafka_session_timeout_s: float = Field(
         6.0, gt=0, description="Consumer group session timeout; a dead worker's partitions move after this."
     )
+    commit_interval_s: float = Field(
+        2.8,
+        gt=0,
+        description="How often the worker commits the input offsets it has answered (Faust's default). "
+        "After a crash, events since the last commit are answered again, with the same event_id.",
+    )
     producer_max_batch_bytes: int = Field(
         512 * 1024,
         ge=1,

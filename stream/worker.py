@@ -346,6 +346,7 @@ def create_app(settings: StreamSettings) -> faust.App:
         broker_session_timeout=settings.kafka_session_timeout_s,
         broker_rebalance_timeout=settings.kafka_session_timeout_s,
         broker_heartbeat_interval=settings.kafka_session_timeout_s / 6,
+        broker_commit_interval=settings.commit_interval_s,
         producer_max_batch_size=settings.producer_max_batch_bytes,
         # Our messages are JSON we build and validate ourselves; Faust only moves bytes.
         key_serializer="raw",

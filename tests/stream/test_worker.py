@@ -107,8 +107,8 @@ async def produce(
         await producer.stop()
 
 
-async def input_offsets(broker: EmbeddedBroker) -> str:
-    """The input topic's end offset and the worker group's committed offset per partition (for failures).
+async def input_offsets(broker: EmbeddedBroker) -> dict[int, tuple[int, int | None]]:
+    """The input topic's end offset and the worker group's committed offset (None: none yet), per partition.
 
     Read by a consumer that names the worker's group but never joins it, so it moves no partition. Tansu
     reports a record batch's base offset + 1 as the end of its partition, so "end" can be low when records
@@ -123,13 +123,17 @@ async def input_offsets(broker: EmbeddedBroker) -> str:
             for p in sorted(consumer.partitions_for_topic("clickstream") or ())
         ]
         ends = await consumer.end_offsets(partitions)
-        committed = [await consumer.committed(tp) for tp in partitions]
-        return ", ".join(
-            f"p{tp.partition}: end {ends[tp]}, committed {offset}"
-            for tp, offset in zip(partitions, committed, strict=True)
-        )
+        return {tp.partition: (ends[tp], await consumer.committed(tp)) for tp in partitions}
     finally:
         await consumer.stop()
+
+
+async def wait_for_a_commit(broker: EmbeddedBroker) -> None:
+    """Block until the worker group has committed an input offset."""
+    deadline = time.monotonic() + ANSWER_TIMEOUT_S
+    while not any(committed for _, committed in (await input_offsets(broker)).values()):
+        assert time.monotonic() < deadline, "the worker committed no input offset"
+        await asyncio.sleep(0.1)
 
 
 async def consume(
@@ -259,8 +263,11 @@ def test_recovery_after_a_crash_and_onto_an_empty_state_dir(
     asyncio.run(produce(kafka_broker, history + purchases))
     state_dir = tmp_path / "state"
     log = tmp_path / "worker.log"
-    one_record_batches = {"producer_max_batch_bytes": "1"}  # see StreamSettings.producer_max_batch_bytes
-    workers.append(Worker(kafka_broker, artifact_root, state_dir, log, **one_record_batches))
+    settings = {
+        "producer_max_batch_bytes": "1",  # see StreamSettings.producer_max_batch_bytes
+        "commit_interval_s": "0.1",  # commits well before the crash
+    }
+    workers.append(Worker(kafka_broker, artifact_root, state_dir, log, **settings))
     asyncio.run(consume(kafka_broker, lambda r: len(answered(r)) >= 24, settle_s=0))
 
     # Crash (SIGKILL) while a second stream of events is being answered.
@@ -269,23 +276,26 @@ def test_recovery_after_a_crash_and_onto_an_empty_state_dir(
     async def crash_mid_stream() -> None:
         producing = asyncio.create_task(produce(kafka_broker, stream, rate=150))
         await consume(kafka_broker, lambda r: len(answered(r)) >= 24 + 30, settle_s=0)
+        await wait_for_a_commit(kafka_broker)  # the restart then resumes from commits, not from the start
         workers[-1].stop(signal.SIGKILL)
         await producing
 
     asyncio.run(crash_mid_stream())
-    workers.append(Worker(kafka_broker, artifact_root, state_dir, log, **one_record_batches))
+    committed_before_restart = asyncio.run(input_offsets(kafka_broker))
+    workers.append(Worker(kafka_broker, artifact_root, state_dir, log, **settings))
     expected = {f"e{n}" for n in range(24)} | {f"e{100 + n}" for n in range(150)}
     records = asyncio.run(consume(kafka_broker, lambda r: answered(r) >= expected, settle_s=0))
     missing = sorted(expected - answered(records))
     assert answered(records) == expected, (  # nothing unanswered, and nothing but these ids
-        f"unanswered {missing[:10]}... ({len(missing)}); {asyncio.run(input_offsets(kafka_broker))}; "
+        f"unanswered {missing[:10]}... ({len(missing)}); (end, committed) by partition before the restart "
+        f"{committed_before_restart}, now {asyncio.run(input_offsets(kafka_broker))}; "
         f"worker log ends:\n{log.read_text()[-6000:]}"
     )
     workers[-1].stop()
 
     # A new worker with an empty state dir restores the sessions from the changelog: an event for an
     # unknown item is answered from the restored history, without the items bought before the crash.
-    workers.append(Worker(kafka_broker, artifact_root, tmp_path / "fresh-state", log, **one_record_batches))
+    workers.append(Worker(kafka_broker, artifact_root, tmp_path / "fresh-state", log, **settings))
     probes = [event(500 + u, user, f"brand-new-{u}") for u, user in enumerate(users)]
     landed = asyncio.run(produce(kafka_broker, probes))
     records = asyncio.run(
@@ -294,7 +304,8 @@ def test_recovery_after_a_crash_and_onto_an_empty_state_dir(
     unanswered = {f"e{500 + u}" for u in range(4)} - answered(records)
     assert not unanswered, (
         f"{sorted(unanswered)} unanswered; probes landed at (partition, offset) {landed}; "
-        f"{asyncio.run(input_offsets(kafka_broker))}; worker log ends:\n{log.read_text()[-4000:]}"
+        f"(end, committed) by partition {asyncio.run(input_offsets(kafka_broker))}; "
+        f"worker log ends:\n{log.read_text()[-4000:]}"
     )
     last = {r["event_id"]: r for r in records["recommendations"]}
     for u in range(4):
