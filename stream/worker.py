@@ -223,16 +223,13 @@ class _InputConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
       of the p99 latency when the input rate rises. Shorter pauses cost more, smaller fetches under load.
     """
 
-    def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> AIOKafkaConsumer:
-        consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = cast(BundlecastApp, self.app).fetch_max_wait_ms  # read at start()
-        return consumer
-
     async def on_start(self) -> None:
         await super().on_start()
-        # aiokafka builds its fetcher in start() and has no option for this; it is read on every fetch.
-        fetcher = cast(AIOKafkaConsumer, self._consumer)._fetcher
-        fetcher._prefetch_backoff = cast(BundlecastApp, self.app).prefetch_backoff_ms / 1000
+        # Both are read by the fetcher aiokafka builds in start(), on every fetch it sends (the first one
+        # only once partitions are assigned, later than this).
+        app, fetcher = cast(BundlecastApp, self.app), cast(AIOKafkaConsumer, self._consumer)._fetcher
+        fetcher._fetch_max_wait_ms = app.fetch_max_wait_ms
+        fetcher._prefetch_backoff = app.prefetch_backoff_ms / 1000
 
 
 class _InputConsumer(faust_aiokafka.Consumer):
