@@ -13,7 +13,7 @@ import logging
 import signal
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer
 from faust.streams import _current_event
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer
-from faust.types import EventT
+from faust.types import TP, EventT, Message
 from faust.types.tuples import FutureMessage
 from mode.utils.aiter import aiter
 from mode.utils.futures import notify
@@ -212,7 +212,8 @@ class BatchStates(MutableMapping[str, UserState]):
 
 
 class _InputConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """Faust's consumer thread with the input fetch timing taken from the app.
+    """Faust's consumer thread with the input fetch timing taken from the app, and a count of the seeks
+    that each fetch predates.
 
     - Fetch wait: Faust hard-codes 1,500 ms. A fetch sent while the worker is caught up sits at the broker
       for the whole wait on brokers that do not complete it when new data arrives, so events at low rates
@@ -221,20 +222,71 @@ class _InputConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
       event loop, which is busy while a batch is handled. Meanwhile aiokafka sends that broker no fetch
       for any partition, for up to 100 ms by default, so events arriving then waited for the pause: most
       of the p99 latency when the input rate rises. Shorter pauses cost more, smaller fetches under load.
+    - Seeks: see `_InputConsumer.getmany`. Seeks and fetches both run on this thread's loop, so counting a
+      partition's seeks where aiokafka makes them, and noting the counts where a fetch hands its records
+      over, tells exactly which handed-over records a later seek made stale.
     """
 
+    seeks: dict[TP, int]  # position resets per partition, counted as aiokafka makes them
+    seeks_at_fetch: dict[TP, int]  # `seeks` when the records now being delivered were handed over
+
     async def on_start(self) -> None:
+        self.seeks, self.seeks_at_fetch = {}, {}
         await super().on_start()
         # Both are read by the fetcher aiokafka builds in start(), on every fetch it sends (the first one
         # only once partitions are assigned, later than this).
         app, fetcher = cast(BundlecastApp, self.app), cast(AIOKafkaConsumer, self._consumer)._fetcher
         fetcher._fetch_max_wait_ms = app.fetch_max_wait_ms
         fetcher._prefetch_backoff = app.prefetch_backoff_ms / 1000
+        seek_to = fetcher.seek_to  # every seek to an offset (committed or given) ends here
+
+        def counted_seek_to(tp: TP, offset: int) -> None:
+            seek_to(tp, offset)
+            self.seeks[tp] = self.seeks.get(tp, 0) + 1
+
+        fetcher.seek_to = counted_seek_to
+
+    async def _fetch_records(
+        self,
+        consumer: AIOKafkaConsumer,
+        active_partitions: set[TP],
+        timeout: float | None = None,
+        max_records: int | None = None,
+    ) -> Mapping[TP, list[Any]]:
+        records = await super()._fetch_records(
+            consumer, active_partitions, timeout=timeout, max_records=max_records
+        )
+        # aiokafka drained the records and returned without yielding to this loop: no seek in between.
+        self.seeks_at_fetch = dict(self.seeks)
+        return records
+
+    def fetched_before_a_seek(self, tp: TP) -> bool:
+        """Whether `tp` was seeked after the records now being delivered were fetched."""
+        return self.seeks.get(tp, 0) != self.seeks_at_fetch.get(tp, 0)
 
 
 class _InputConsumer(faust_aiokafka.Consumer):
+    """Faust's consumer, minus the records of a fetch that a seek made stale.
+
+    A restarted worker recovering its table drops the input records it fetches (its flow is suspended),
+    then seeks back to the committed offsets; the fetch it is iterating goes on delivering records after
+    that seek. Faust reads the jump from the committed offset to such a record as an offset gap and counts
+    the gap as processed, so the dropped records were committed without this worker answering them (a gap
+    in 6 of 20 traced restarts). Skipping the stale records of the seeked partitions instead leaves no gap:
+    aiokafka fetches them again from the new position. Only topics whose gaps Faust counts as processed
+    (acks enabled: the input) are filtered.
+    """
+
+    _thread: _InputConsumerThread
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _InputConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        async for tp, message in super().getmany(timeout):
+            if not (self._thread.fetched_before_a_seek(tp) and acks_enabled_for(tp.topic)):
+                yield tp, message
 
 
 class DrainingProducerBuffer(ProducerBuffer):

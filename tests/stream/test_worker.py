@@ -13,10 +13,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import jsonschema
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from model.artifacts import resolve_version
 from stream.broker import EmbeddedBroker
@@ -438,20 +440,28 @@ def test_sighup_reloads_a_new_version_when_polling_is_off(
     assert worker.process.poll() is None  # SIGHUP reloads; it does not stop the worker
 
 
+async def started_input_thread(
+    broker: EmbeddedBroker, app_id: str, fetch_max_wait_ms: int = 5, prefetch_backoff_ms: float = 5
+) -> Any:
+    """The worker's input consumer thread, started against `broker` (its aiokafka consumer running)."""
+    app = BundlecastApp(
+        app_id,
+        fetch_max_wait_ms=fetch_max_wait_ms,
+        prefetch_backoff_ms=prefetch_backoff_ms,
+        broker=f"kafka://{broker.bootstrap}",
+        web_enabled=False,
+    )
+    thread = app.consumer._thread
+    await thread.on_start()
+    return thread
+
+
 def test_the_worker_consumer_fetches_on_the_configured_timing(kafka_broker: EmbeddedBroker) -> None:
     """Faust hard-codes a 1.5 s fetch wait and aiokafka a 100 ms prefetch backoff; the started input
     consumer must use the settings instead."""
 
     async def started_fetcher() -> tuple[int, float]:
-        app = BundlecastApp(
-            "fetch-timing-test",
-            fetch_max_wait_ms=7,
-            prefetch_backoff_ms=3,
-            broker=f"kafka://{kafka_broker.bootstrap}",
-            web_enabled=False,
-        )
-        thread = app.consumer._thread
-        await thread.on_start()
+        thread = await started_input_thread(kafka_broker, "fetch-timing-test", 7, 3)
         try:
             fetcher = thread._consumer._fetcher
             return fetcher._fetch_max_wait_ms, fetcher._prefetch_backoff
@@ -459,6 +469,64 @@ def test_the_worker_consumer_fetches_on_the_configured_timing(kafka_broker: Embe
             await thread._consumer.stop()
 
     assert asyncio.run(started_fetcher()) == (7, 0.003)
+
+
+def test_the_worker_consumer_tells_records_fetched_before_a_seek_of_their_partition(
+    kafka_broker: EmbeddedBroker,
+) -> None:
+    """Faust goes on delivering a fetch's records after a seek (a restart seeks back to the committed
+    offsets) and counts the jump as processed offsets; the input consumer must tell those records apart,
+    per partition, from the ones fetched after the seek."""
+    first, second = TopicPartition("seek-test", 0), TopicPartition("seek-test", 1)
+
+    async def fetch(thread: Any, consumer: AIOKafkaConsumer, partitions: set[TopicPartition]) -> list[int]:
+        records: dict[TopicPartition, list[Any]] = {}
+        async with asyncio.timeout(30):
+            while set(records) != partitions:
+                records |= await thread._fetch_records(consumer, partitions, timeout=5)
+        return [record.offset for tp in sorted(partitions) for record in records[tp]]
+
+    async def seeks_seen() -> list[tuple[bool, bool]]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap)
+        await admin.start()
+        await admin.create_topics([NewTopic("seek-test", 2, 1)])
+        await admin.close()
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
+        await producer.start()
+        for n in range(8):
+            await producer.send_and_wait("seek-test", f"r{n}".encode(), partition=n % 2)
+        await producer.stop()
+        thread = await started_input_thread(kafka_broker, "seek-test")
+        consumer = thread._consumer
+        seen = []
+
+        def stale() -> tuple[bool, bool]:
+            return thread.fetched_before_a_seek(first), thread.fetched_before_a_seek(second)
+
+        try:
+            consumer.assign([first, second])
+            assert await fetch(thread, consumer, {first, second}) == [0, 1, 2, 3, 0, 1, 2, 3]
+            seen.append(stale())
+            consumer.seek(first, 1)
+            seen.append(stale())
+            assert await fetch(thread, consumer, {first}) == [1, 2, 3]
+            seen.append(stale())
+            await consumer.commit({second: 2})  # a restart: back to the committed offsets
+            await consumer.seek_to_committed()
+            seen.append(stale())
+            assert await fetch(thread, consumer, {second}) == [2, 3]
+            seen.append(stale())
+        finally:
+            await consumer.stop()
+        return seen
+
+    assert asyncio.run(seeks_seen()) == [
+        (False, False),  # nothing seeked yet
+        (True, False),  # the first partition's records came before its seek
+        (False, False),  # fetched again from the new position
+        (False, True),  # only the partition with a committed offset is seeked
+        (False, False),
+    ]
 
 
 class CountingTable(dict):
