@@ -316,6 +316,36 @@ def test_recovery_after_a_crash_and_onto_an_empty_state_dir(
         assert items[30 + u] not in {i["item_id"] for i in answer["items"]}
 
 
+def test_a_worker_takes_over_the_partitions_of_a_crashed_one_and_answers_every_event(
+    kafka_broker: EmbeddedBroker, artifact_root: Path, workers: list[Worker], tmp_path: Path
+) -> None:
+    """Two workers share the input and one is killed mid-stream: once the group has rebalanced, the survivor
+    resumes the dead worker's partitions from their commits (their sessions from the changelog), and every
+    event is answered."""
+    items = known_items(artifact_root, 40)
+    users = [f"user{u}" for u in range(12)]
+    settings = {"partitions": "4", "producer_max_batch_bytes": "1", "commit_interval_s": "0.1"}
+    log = tmp_path / "worker.log"
+    for name in ("first", "second"):
+        workers.append(Worker(kafka_broker, artifact_root, tmp_path / name, log, **settings))
+    stream = [event(n, users[n % 12], items[n % 40]) for n in range(400)]
+
+    async def crash_one_mid_stream() -> None:
+        producing = asyncio.create_task(produce(kafka_broker, stream, rate=100))
+        await consume(kafka_broker, lambda r: len(answered(r)) >= 150, settle_s=0)
+        workers[0].stop(signal.SIGKILL)
+        await producing
+
+    asyncio.run(crash_one_mid_stream())
+    expected = {f"e{n}" for n in range(400)}
+    records = asyncio.run(consume(kafka_broker, lambda r: answered(r) >= expected, settle_s=0))
+    missing = sorted(expected - answered(records))
+    assert answered(records) == expected, (
+        f"unanswered {missing[:10]}... ({len(missing)}); (end, committed) by partition "
+        f"{asyncio.run(input_offsets(kafka_broker))}; worker log ends:\n{log.read_text()[-6000:]}"
+    )
+
+
 def test_an_event_that_cannot_be_answered_is_dead_lettered_and_the_worker_goes_on(
     kafka_broker: EmbeddedBroker, artifact_root: Path, workers: list[Worker], tmp_path: Path
 ) -> None:
