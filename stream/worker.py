@@ -222,7 +222,7 @@ class _InputConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
       event loop, which is busy while a batch is handled. Meanwhile aiokafka sends that broker no fetch
       for any partition, for up to 100 ms by default, so events arriving then waited for the pause: most
       of the p99 latency when the input rate rises. Shorter pauses cost more, smaller fetches under load.
-    - Seeks: see `_InputConsumer.getmany`. Seeks and fetches both run on this thread's loop, so counting a
+    - Seeks: see `_InputConsumer`. Seeks and fetches both run on this thread's loop, so counting a
       partition's seeks where aiokafka makes them, and noting the counts where a fetch hands its records
       over, tells exactly which handed-over records a later seek made stale.
     """
