@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import cast
 
 import jsonschema
 import pytest
@@ -28,6 +28,7 @@ from stream.worker import (
     BatchStates,
     BundlecastApp,
     DrainingProducerBuffer,
+    _InputConsumerThread,
     batch_window,
     handle_isolating_failures,
 )
@@ -472,7 +473,7 @@ def test_sighup_reloads_a_new_version_when_polling_is_off(
 
 async def started_input_thread(
     broker: EmbeddedBroker, app_id: str, fetch_max_wait_ms: int = 5, prefetch_backoff_ms: float = 5
-) -> Any:
+) -> _InputConsumerThread:
     """The worker's input consumer thread, started against `broker` (its aiokafka consumer running)."""
     app = BundlecastApp(
         app_id,
@@ -481,7 +482,7 @@ async def started_input_thread(
         broker=f"kafka://{broker.bootstrap}",
         web_enabled=False,
     )
-    thread = app.consumer._thread
+    thread = cast(_InputConsumerThread, app.consumer._thread)
     await thread.on_start()
     return thread
 
@@ -509,7 +510,9 @@ def test_the_worker_consumer_tells_records_fetched_before_a_seek_of_their_partit
     per partition, from the ones fetched after the seek."""
     first, second = TopicPartition("seek-test", 0), TopicPartition("seek-test", 1)
 
-    async def fetch(thread: Any, consumer: AIOKafkaConsumer, partitions: set[TopicPartition]) -> list[int]:
+    async def fetch(
+        thread: _InputConsumerThread, consumer: AIOKafkaConsumer, partitions: set[TopicPartition]
+    ) -> list[int]:
         """Offsets fetched until every partition's end (4 records each), partition by partition."""
         offsets: dict[TopicPartition, list[int]] = {tp: [] for tp in partitions}
         async with asyncio.timeout(30):
