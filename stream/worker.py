@@ -271,10 +271,10 @@ class _InputConsumer(faust_aiokafka.Consumer):
     A restarted worker recovering its table drops the input records it fetches (its flow is suspended),
     then seeks back to the committed offsets; the fetch it is iterating goes on delivering records after
     that seek. Faust reads the jump from the committed offset to such a record as an offset gap and counts
-    the gap as processed, so the dropped records were committed without this worker answering them (a gap
-    in 6 of 20 traced restarts). Skipping the stale records of the seeked partitions instead leaves no gap:
-    aiokafka fetches them again from the new position. Only topics whose gaps Faust counts as processed
-    (acks enabled: the input) are filtered.
+    the gap as processed, so the dropped records were committed without this worker answering them.
+    Skipping the stale records of the seeked partitions removes that cause of gaps: aiokafka fetches them
+    again from the new position. Only topics whose gaps Faust counts as processed (acks enabled: the input)
+    are filtered. Gaps of another, undiagnosed cause can still occur at a restart (BENCHMARKS.md, "Stream").
     """
 
     _thread: _InputConsumerThread
