@@ -16,6 +16,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, TypeVar, cast
 
 import faust
@@ -27,6 +28,7 @@ from faust.types import TP, EventT, Message
 from faust.types.tuples import FutureMessage
 from mode.utils.aiter import aiter
 from mode.utils.futures import notify
+from mode.utils.queues import FlowControlEvent
 
 from stream import metrics
 from stream.answer import recommendation_message
@@ -266,25 +268,48 @@ class _InputConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class _InputConsumer(faust_aiokafka.Consumer):
-    """Faust's consumer, minus the records of a fetch that a seek made stale.
+    """Faust's consumer, delivering no record that a restart's seek to the committed offsets would make
+    Faust misread as an offset gap.
 
-    A restarted worker recovering its table drops the input records it fetches (its flow is suspended),
-    then seeks back to the committed offsets; the fetch it is iterating goes on delivering records after
-    that seek. Faust reads the jump from the committed offset to such a record as an offset gap and counts
-    the gap as processed, so the dropped records were committed without this worker answering them.
-    Skipping the stale records of the seeked partitions removes that cause of gaps: aiokafka fetches them
-    again from the new position. Only topics whose gaps Faust counts as processed (acks enabled: the input)
-    are filtered. Gaps of another, undiagnosed cause can still occur at a restart (BENCHMARKS.md, "Stream").
+    Faust reads a jump past a partition's last delivered offset as a gap and counts the gap as processed,
+    so a commit can pass records this worker never answered (or has not answered yet). Two races of the
+    seek to the committed offsets (`perform_seek`), both seen when a worker restarts, made such jumps:
+    - Stale records: a worker recovering its table drops the input records it fetches (its flow is
+      suspended), then seeks back; the fetch it is iterating goes on delivering records from before the
+      seek. They are skipped: aiokafka fetches them again from the new position.
+    - Records delivered during the seek: aiokafka seeks the partitions one at a time, looking each
+      committed offset up at the broker, and meanwhile goes on fetching the ones already seeked. Faust
+      resets its read offsets only after the last one, behind the records it delivered in between, and the
+      next record jumps. So no record is delivered while a seek is in progress.
+    Stale records are skipped only on topics whose gaps Faust counts as processed (acks enabled: the input).
     """
 
     _thread: _InputConsumerThread
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.seeks_in_progress = 0  # Faust seeks from its recovery and from `getmany`, which may overlap
+        self.not_seeking = asyncio.Event()
+        self.not_seeking.set()
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _InputConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def perform_seek(self) -> None:
+        self.seeks_in_progress += 1
+        self.not_seeking.clear()
+        try:
+            await super().perform_seek()
+        finally:
+            self.seeks_in_progress -= 1
+            if not self.seeks_in_progress:
+                self.not_seeking.set()
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
         acks_enabled_for = self.app.topics.acks_enabled_for
         async for tp, message in super().getmany(timeout):
+            if not self.not_seeking.is_set():
+                await self.not_seeking.wait()
             if not (self._thread.fetched_before_a_seek(tp) and acks_enabled_for(tp.topic)):
                 yield tp, message
 
@@ -342,10 +367,29 @@ class _Transport(faust_aiokafka.Transport):
     Producer = _DrainingProducer
 
 
+class ResumeOnceFlowControl(FlowControlEvent):
+    """Faust's stream flow control, minus dropping the stream buffers on a resume that ends no suspension.
+
+    Faust clears the buffers of every stream whenever flow resumes. When a worker has restored a table
+    from the changelog, its input is already flowing as Faust seeks it to the committed offsets and then
+    resumes again: the events buffered at that moment were dropped without being answered, and Faust's
+    commit then passed them (it commits past a missing first offset, faust-streaming #606). Seen as an
+    unanswered event after a restart under load, and reproduced by the recovery test with
+    `fault_injection/slow_resume`. Buffers are still cleared on resuming after a suspension: what they
+    hold predates the rebalance, and the seek to the committed offsets fetches it again.
+    """
+
+    def resume(self) -> None:
+        if self.is_active():
+            return
+        super().resume()
+
+
 class BundlecastApp(faust.App):
-    """A Faust app whose Kafka consumer fetches input on the app's timing (`_InputConsumerThread`), and
-    whose producer flushes every buffered message before input offsets are committed
-    (`DrainingProducerBuffer`)."""
+    """A Faust app whose Kafka consumer fetches input on the app's timing (`_InputConsumerThread`), whose
+    producer flushes every buffered message before input offsets are committed (`DrainingProducerBuffer`),
+    and whose flow control keeps buffered events when flow resumes without having been suspended
+    (`ResumeOnceFlowControl`)."""
 
     def __init__(
         self, *args: Any, fetch_max_wait_ms: int, prefetch_backoff_ms: float, **options: Any
@@ -356,6 +400,10 @@ class BundlecastApp(faust.App):
 
     def _new_transport(self) -> faust_aiokafka.Transport:
         return _Transport(self.conf.broker_consumer, self)
+
+    @cached_property
+    def flow_control(self) -> FlowControlEvent:
+        return ResumeOnceFlowControl(loop=self.loop)
 
 
 def _credentials(settings: StreamSettings) -> faust.types.auth.CredentialsT | None:
