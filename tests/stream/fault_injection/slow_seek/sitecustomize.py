@@ -1,8 +1,7 @@
 """Fault injection for the worker end-to-end tests, loaded by Python at start-up when this directory is on
 the worker's PYTHONPATH: the worker's first seek to committed input offsets that finds some returns to Faust
 only once a partition has been delivered, from its new position, a record past its committed offset (or
-after 2 s), and every
-offset gap Faust registers is appended to the file `$FAULT_GAP_LOG`.
+after 2 s), and every offset gap Faust registers is appended to the file `$FAULT_GAP_LOG`.
 
 Between aiokafka's seek (in Faust's consumer thread) and Faust's own bookkeeping of it (on the event loop),
 the worker goes on delivering the records fetched from the new positions; the injection widens that window.
