@@ -374,9 +374,10 @@ class ResumeOnceFlowControl(FlowControlEvent):
     from the changelog, its input is already flowing as Faust seeks it to the committed offsets and then
     resumes again: the events buffered at that moment were dropped without being answered, and Faust's
     commit then passed them (it commits past a missing first offset, faust-streaming #606). Seen as an
-    unanswered event after a restart under load, and reproduced by the recovery test with
-    `fault_injection/slow_resume`. Buffers are still cleared on resuming after a suspension: what they
-    hold predates the rebalance, and the seek to the committed offsets fetches it again.
+    unanswered event after a restart under load, and reproduced by the `slow_resume` case of
+    `test_a_worker_restoring_its_table_answers_the_events_that_arrive_around_its_seek`. Buffers are still
+    cleared on resuming after a suspension: what they hold predates the rebalance, and the seek to the
+    committed offsets fetches it again.
     """
 
     def resume(self) -> None:

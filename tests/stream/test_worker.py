@@ -336,17 +336,22 @@ def test_a_worker_restoring_its_table_answers_the_events_that_arrive_around_its_
     items = known_items(artifact_root, 64)
     log, gaps = tmp_path / "worker.log", tmp_path / "gaps.log"
     monkeypatch.setenv("FAULT_GAP_LOG", str(gaps))
-    asyncio.run(produce(kafka_broker, [event(n, f"user{n % 4}", items[n]) for n in range(8)]))
+
+    def produce_events(numbers: range) -> None:
+        """Events of four users, so that later events land on the partitions of earlier ones."""
+        asyncio.run(produce(kafka_broker, [event(n, f"user{n % 4}", items[n]) for n in numbers]))
+
+    produce_events(range(8))
     workers.append(Worker(kafka_broker, artifact_root, tmp_path / "state", log))
     asyncio.run(consume(kafka_broker, lambda r: len(answered(r)) >= 8, settle_s=0))
     workers[-1].stop()  # commits, and leaves a changelog to restore
 
-    asyncio.run(produce(kafka_broker, [event(n, f"user{n % 4}", items[n]) for n in range(8, 48)]))
+    produce_events(range(8, 48))
     restoring = tmp_path / "empty-state"  # restores from the changelog
     workers.append(Worker(kafka_broker, artifact_root, restoring, log, FAULT_INJECTION / fault))
     asyncio.run(consume(kafka_broker, lambda r: len(answered(r)) >= 40, settle_s=0))
     # The same users' partitions, past the seek: a gap behind a record delivered during it shows here.
-    asyncio.run(produce(kafka_broker, [event(n, f"user{n % 4}", items[n]) for n in range(48, 64)]))
+    produce_events(range(48, 64))
     records = asyncio.run(consume(kafka_broker, lambda r: len(answered(r)) >= 64, settle_s=0))
     missing = sorted({f"e{n}" for n in range(64)} - answered(records), key=lambda e: int(e[1:]))
     assert not missing, f"unanswered: {missing}; worker log ends:\n{log.read_text()[-3000:]}"
