@@ -38,6 +38,32 @@ def target_ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def boosted_target_ranks(
+    scores: np.ndarray, rows: np.ndarray, columns: np.ndarray, boosts: np.ndarray, targets: np.ndarray
+) -> np.ndarray:
+    """`target_ranks` of `scores` with `boosts` added at (rows, columns) (distinct pairs), without copying
+    `scores`: one comparison pass as usual, then only the boosted entries are counted again.
+
+    Validation ranks the same scores at many repeat-bonus weights, which move only a few entries per case.
+    Boosts are added in float32, as they would be to a float32 score matrix.
+    """
+    n_cases = scores.shape[0]
+    targets = np.asarray(targets, dtype=np.int64)
+    known = targets != UNKNOWN_TARGET
+    target_columns = np.where(known, targets, 0)
+    plain = scores[rows, columns]
+    boosted = plain + boosts.astype(scores.dtype)
+    target_scores = scores[np.arange(n_cases), target_columns]
+    on_target = columns == target_columns[rows]
+    target_scores[rows[on_target]] = boosted[on_target]
+    ranks = np.count_nonzero(scores >= target_scores[:, None], axis=1)
+    threshold = target_scores[rows]
+    recount = (boosted >= threshold).astype(np.int64) - (plain >= threshold)
+    ranks += np.bincount(rows, weights=recount, minlength=n_cases).astype(np.int64)
+    ranks[~known] = UNRANKED
+    return ranks
+
+
 def top_k_items(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of each row's k best items, best first (ties in any order)."""
     k = min(k, scores.shape[1])

@@ -94,16 +94,28 @@ def encode_sessions(
     device: torch.device,
     batch_size: int = 1024,
 ) -> EncodedSessions:
-    """Session vectors and repeat bonuses for encoded histories, one forward pass per batch."""
+    """Session vectors and repeat bonuses for encoded histories, one forward pass per batch.
+
+    Beyond one batch, histories are batched by length: a batch is padded to its longest history, and in a
+    mixed batch of mostly short sessions the padding would be most of the work.
+    """
     if model.training:  # (switching a module tree's mode costs more than a small batch's forward)
         model.eval()
+    lengths = np.fromiter((len(items) for items, _ in histories), dtype=np.int64, count=len(histories))
+    order = np.argsort(lengths, kind="stable") if len(histories) > batch_size else np.arange(len(histories))
     vectors = np.zeros((len(histories), model.config.dim), dtype=np.float32)
-    repeats: list[dict[int, float]] = []
+    repeats: list[dict[int, float]] = [{} for _ in histories]
     for start in range(0, len(histories), batch_size):
-        items, types = history_batch(histories[start : start + batch_size], model.config.max_len)
+        rows = order[start : start + batch_size]
+        items, types = history_batch([histories[row] for row in rows], model.config.max_len)
         session, bonus = model.encode_last(items.to(device), types.to(device))
-        vectors[start : start + len(items)] = session.cpu().numpy()
-        repeats += _summed_bonus(items.numpy(), bonus.cpu().numpy(), model.config.n_items)
+        vectors[rows] = session.cpu().numpy()
+        for row, summed in zip(
+            rows.tolist(),
+            _summed_bonus(items.numpy(), bonus.cpu().numpy(), model.config.n_items),
+            strict=True,
+        ):
+            repeats[row] = summed
     return EncodedSessions(vectors, repeats)
 
 

@@ -42,6 +42,30 @@ class SASRecConfig:
         return asdict(self)
 
 
+class SoftmaxCrossEntropy(torch.autograd.Function):
+    """Mean softmax cross-entropy, F.cross_entropy's value and gradient with fewer passes over the logits.
+
+    The logits of a step (predicted events x sampled items) are by far its largest tensor, and on a CPU
+    the passes over them, not the FLOPs, set the step time. Only the log-probabilities are kept for
+    backward, which turns them into the gradient in place; the logits themselves are freed after forward.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, logits: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
+        log_probs = torch.log_softmax(logits, dim=1)
+        ctx.save_for_backward(log_probs, target)
+        return -log_probs.gather(1, target[:, None]).mean()
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        log_probs, target = ctx.saved_tensors
+        gradient = log_probs.exp_()  # softmax - one_hot(target), scaled by the mean's 1/N
+        gradient[torch.arange(len(target), device=target.device), target] -= 1.0
+        return gradient.mul_(grad / len(target)), None
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: SASRecConfig) -> None:
         super().__init__()
@@ -160,9 +184,11 @@ class SASRec(nn.Module):
             columns = items - 1
         else:
             item_vectors = F.normalize(self.item_emb(candidates + 1), dim=-1)
-            logits = self.session_vectors(hidden[has_target]) @ item_vectors.T
-            if log_q is not None:
-                logits = logits - log_q
+            session_vectors = self.session_vectors(hidden[has_target])
+            if log_q is None:
+                logits = session_vectors @ item_vectors.T
+            else:  # one BLAS call: the correction is the product's starting value
+                logits = torch.addmm(-log_q, session_vectors, item_vectors.T)
             columns = torch.searchsorted(candidates, (items - 1).clamp(min=0))
         # Repeat bonus of every earlier-or-same input event j for the prediction at position t.
         batch, length = items.shape
@@ -173,8 +199,8 @@ class SASRec(nn.Module):
         row_of = (has_target.flatten().cumsum(0) - 1).view(batch, length)
         gate = self.repeat_gate(hidden).squeeze(-1)
         bonus = self.repeat_bonus(gate[b, t], types[b, j], distance[t, j])
-        logits = logits.index_put((row_of[b, t], columns[b, j]), bonus, accumulate=True)
+        logits.index_put_((row_of[b, t], columns[b, j]), bonus, accumulate=True)  # in place: logits are big
         target = targets[has_target]
         if candidates is not None:
             target = torch.searchsorted(candidates, target)
-        return F.cross_entropy(logits, target)
+        return SoftmaxCrossEntropy.apply(logits, target)

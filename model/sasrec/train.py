@@ -22,8 +22,8 @@ from scipy.sparse.linalg import svds
 from tqdm.auto import tqdm
 
 from model.data import Case, Dataset, Session
-from model.metrics import UNKNOWN_TARGET, target_ranks
-from model.sasrec.encode import EncodedSessions, encode_history, encode_sessions, left_pad
+from model.metrics import UNKNOWN_TARGET, boosted_target_ranks
+from model.sasrec.encode import encode_history, encode_sessions, left_pad
 from model.sasrec.model import PAD, SASRec, SASRecConfig
 from model.vocab import ItemVocab
 
@@ -171,23 +171,31 @@ def validation_scores(
     repeat_scales: Sequence[float] = (1.0,),
 ) -> dict[float, dict[str, float]]:
     """Full-ranking HR@20 / MRR@20 over all items for each repeat-bonus weight; cases with unknown targets
-    count as misses."""
+    count as misses. A weight moves only the scores of each case's own session items, so the product with
+    the item table is computed once per chunk of cases and every weight re-ranks against it."""
     encoded = encode_sessions(model, [encode_history(c.prefix, c.prefix_types, vocab) for c in cases], device)
     targets = np.array([UNKNOWN_TARGET if (i := vocab.get(c.target)) is None else i for c in cases])
     items = model.item_vectors().cpu().numpy()
+    ranks: dict[float, list[np.ndarray]] = {scale: [] for scale in repeat_scales}
+    for start in range(0, len(cases), 2048):
+        chunk = encoded[start : start + 2048]
+        similarity = chunk.vectors @ items.T
+        rows = np.repeat(np.arange(len(chunk)), [len(r) for r in chunk.repeats])
+        columns = np.fromiter((i for r in chunk.repeats for i in r), dtype=np.int64, count=len(rows))
+        bonuses = np.fromiter(
+            (b for r in chunk.repeats for b in r.values()), dtype=np.float64, count=len(rows)
+        )
+        for scale in repeat_scales:
+            ranks[scale].append(
+                boosted_target_ranks(
+                    similarity, rows, columns, bonuses * scale, targets[start : start + 2048]
+                )
+            )
     results = {}
-    for scale in repeat_scales:
-        scaled = EncodedSessions(
-            encoded.vectors, [{i: b * scale for i, b in r.items()} for r in encoded.repeats]
-        )
-        ranks = np.concatenate(
-            [
-                target_ranks(scaled[start : start + 2048].scores(items), targets[start : start + 2048])
-                for start in range(0, len(cases), 2048)
-            ]
-        )
-        hit = ranks <= 20
-        results[scale] = {"hr@20": float(hit.mean()), "mrr@20": float((hit / ranks).mean())}
+    for scale, parts in ranks.items():
+        rank = np.concatenate(parts)
+        hit = rank <= 20
+        results[scale] = {"hr@20": float(hit.mean()), "mrr@20": float((hit / rank).mean())}
     return results
 
 

@@ -3,7 +3,14 @@ import math
 import numpy as np
 import pytest
 
-from model.metrics import UNKNOWN_TARGET, RankingAccumulator, self_information, target_ranks, top_k_items
+from model.metrics import (
+    UNKNOWN_TARGET,
+    RankingAccumulator,
+    boosted_target_ranks,
+    self_information,
+    target_ranks,
+    top_k_items,
+)
 
 
 def test_ranks_count_strictly_higher_items_plus_every_tied_item():
@@ -74,3 +81,20 @@ def test_accumulator_rejects_a_score_matrix_of_the_wrong_width():
 def test_result_without_cases_is_an_error():
     with pytest.raises(ValueError, match="no cases"):
         RankingAccumulator(np.ones(4), ks=(1,)).result()
+
+
+def test_boosted_ranks_equal_the_ranks_of_the_boosted_scores() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 6, size=(40, 25)).astype(np.float32)  # many ties
+    targets = rng.integers(0, 25, size=40)
+    targets[::7] = UNKNOWN_TARGET
+    rows, columns = np.nonzero(rng.random((40, 25)) < 0.2)
+    rows, columns = np.concatenate([rows, np.arange(0, 40, 3)]), np.concatenate([columns, targets[::3]])
+    rows, columns = np.unique(np.stack([rows, columns]), axis=1)  # distinct pairs, targets boosted too
+    rows, columns = rows[columns >= 0], columns[columns >= 0]
+    boosts = rng.integers(0, 3, size=len(rows)).astype(np.float64)
+    boosted = scores.copy()
+    boosted[rows, columns] += boosts.astype(np.float32)
+    expected = target_ranks(boosted, targets)
+    assert np.array_equal(boosted_target_ranks(scores, rows, columns, boosts, targets), expected)
+    assert not np.array_equal(target_ranks(scores, targets), expected)  # the boosts do move ranks

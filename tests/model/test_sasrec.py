@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 
 from model.data import Session, views
-from model.sasrec.encode import left_pad
-from model.sasrec.model import PAD, SASRec, SASRecConfig
+from model.sasrec.encode import encode_sessions, left_pad
+from model.sasrec.model import PAD, SASRec, SASRecConfig, SoftmaxCrossEntropy
 from model.sasrec.train import (
     TrainConfig,
     candidates,
@@ -60,6 +61,16 @@ def test_left_padding_does_not_change_the_session_vector(model: SASRec) -> None:
     torch.testing.assert_close(a_bonus, b_bonus[:, 3:])
     assert (b_bonus[:, :3] == 0).all() and (a_bonus > 0).all()
     assert torch.isfinite(model.hidden(padded, (padded != PAD).long())).all()
+
+
+def test_many_histories_batched_by_length_keep_their_order(model: SASRec) -> None:
+    histories = [([3, 5, 7, 3], [1, 1, 2, 1]), ([4], [1]), ([9, 2, 8, 6, 1, 3, 2], [1] * 7), ([6, 6], [1, 3])]
+    one_batch = encode_sessions(model, histories, torch.device("cpu"))
+    by_length = encode_sessions(model, histories, torch.device("cpu"), batch_size=2)
+    np.testing.assert_allclose(by_length.vectors, one_batch.vectors, rtol=1e-5, atol=1e-6)
+    assert [set(r) for r in by_length.repeats] == [{2, 4, 6}, {3}, {0, 1, 2, 5, 7, 8}, {5}]
+    for ours, theirs in zip(by_length.repeats, one_batch.repeats, strict=True):
+        assert ours == pytest.approx(theirs)
 
 
 def test_event_type_changes_the_session_vector(model: SASRec) -> None:
@@ -144,6 +155,18 @@ def test_sampled_and_full_softmax_agree_when_every_item_is_a_candidate(model: SA
         full = model.loss(items, types, targets)
         sampled = model.loss(items, types, targets, torch.arange(30))
     torch.testing.assert_close(full, sampled)
+
+
+def test_softmax_cross_entropy_has_torchs_value_and_gradient() -> None:
+    torch.manual_seed(0)
+    logits = (torch.randn(7, 11) * 5).requires_grad_()
+    target = torch.tensor([0, 3, 10, 3, 5, 9, 1])
+    expected = torch.nn.functional.cross_entropy(logits, target)
+    (expected_gradient,) = torch.autograd.grad(expected * 3, logits)
+    ours = SoftmaxCrossEntropy.apply(logits, target)
+    (gradient,) = torch.autograd.grad(ours * 3, logits)
+    torch.testing.assert_close(ours, expected)
+    torch.testing.assert_close(gradient, expected_gradient)
 
 
 @pytest.mark.parametrize("negatives", [0, 8])
