@@ -19,11 +19,9 @@ UNRANKED = np.iinfo(np.int64).max
 """Rank of an unknown target: beyond every cut-off, even one longer than the catalogue."""
 
 
-def target_ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """1-based rank of each row's target: 1 + items scoring strictly higher + other items scoring equal.
-
-    `targets` holds item indices, `UNKNOWN_TARGET` for a target outside the vocabulary (rank `UNRANKED`).
-    """
+def _targets(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """After checking `targets`: which are known, each row's target column (0 for an unknown one) and the
+    score there (a copy)."""
     n_cases, n_items = scores.shape
     targets = np.asarray(targets, dtype=np.int64)
     if targets.shape != (n_cases,):
@@ -31,7 +29,16 @@ def target_ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     if np.any((targets < UNKNOWN_TARGET) | (targets >= n_items)):
         raise ValueError(f"target indices must lie in [0, {n_items}) or be {UNKNOWN_TARGET}")
     known = targets != UNKNOWN_TARGET
-    target_scores = scores[np.arange(n_cases), np.where(known, targets, 0)]
+    columns = np.where(known, targets, 0)
+    return known, columns, scores[np.arange(n_cases), columns]
+
+
+def target_ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """1-based rank of each row's target: 1 + items scoring strictly higher + other items scoring equal.
+
+    `targets` holds item indices, `UNKNOWN_TARGET` for a target outside the vocabulary (rank `UNRANKED`).
+    """
+    known, _, target_scores = _targets(scores, targets)
     # Counting ">=" includes the target itself: 1 + strictly higher + other equal items.
     ranks = np.count_nonzero(scores >= target_scores[:, None], axis=1)
     ranks[~known] = UNRANKED
@@ -45,21 +52,17 @@ def boosted_target_ranks(
     `scores`: one comparison pass as usual, then only the boosted entries are counted again.
 
     Validation ranks the same scores at many repeat-bonus weights, which move only a few entries per case.
-    Boosts are added in float32, as they would be to a float32 score matrix.
+    Boosts are added in the dtype of `scores`, as they would be to the score matrix itself.
     """
-    n_cases = scores.shape[0]
-    targets = np.asarray(targets, dtype=np.int64)
-    known = targets != UNKNOWN_TARGET
-    target_columns = np.where(known, targets, 0)
+    known, target_columns, target_scores = _targets(scores, targets)
     plain = scores[rows, columns]
     boosted = plain + boosts.astype(scores.dtype)
-    target_scores = scores[np.arange(n_cases), target_columns]
     on_target = columns == target_columns[rows]
     target_scores[rows[on_target]] = boosted[on_target]
     ranks = np.count_nonzero(scores >= target_scores[:, None], axis=1)
     threshold = target_scores[rows]
     recount = (boosted >= threshold).astype(np.int64) - (plain >= threshold)
-    ranks += np.bincount(rows, weights=recount, minlength=n_cases).astype(np.int64)
+    ranks += np.bincount(rows, weights=recount, minlength=len(scores)).astype(np.int64)
     ranks[~known] = UNRANKED
     return ranks
 

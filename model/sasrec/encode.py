@@ -74,6 +74,15 @@ class EncodedSessions:
             return EncodedSessions(self.vectors[rows], self.repeats[rows])
         return EncodedSessions(self.vectors[list(rows)], [self.repeats[row] for row in rows])
 
+    def repeat_entries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The repeat bonuses as flat arrays: (row, item index, bonus) of every session item."""
+        rows = np.repeat(np.arange(len(self)), [len(repeats) for repeats in self.repeats])
+        items = np.fromiter((i for r in self.repeats for i in r), dtype=np.int64, count=len(rows))
+        bonuses = np.fromiter(
+            (b for r in self.repeats for b in r.values()), dtype=np.float64, count=len(rows)
+        )
+        return rows, items, bonuses
+
     def scores(self, item_vectors: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
         """Full scores (B, n) of the items `columns` index (distinct rows; default: all of `item_vectors`)."""
         picked = item_vectors if columns is None else item_vectors[columns]
@@ -101,8 +110,10 @@ def encode_sessions(
     """
     if model.training:  # (switching a module tree's mode costs more than a small batch's forward)
         model.eval()
-    lengths = np.fromiter((len(items) for items, _ in histories), dtype=np.int64, count=len(histories))
-    order = np.argsort(lengths, kind="stable") if len(histories) > batch_size else np.arange(len(histories))
+    if len(histories) > batch_size:
+        order = np.argsort([len(items) for items, _ in histories], kind="stable")
+    else:
+        order = np.arange(len(histories))
     vectors = np.zeros((len(histories), model.config.dim), dtype=np.float32)
     repeats: list[dict[int, float]] = [{} for _ in histories]
     for start in range(0, len(histories), batch_size):

@@ -179,12 +179,12 @@ class SASRec(nn.Module):
         """
         hidden = self.hidden(items, types)
         has_target = targets >= 0
+        session_vectors = self.session_vectors(hidden[has_target])
         if candidates is None:
-            logits = self.session_vectors(hidden[has_target]) @ self.item_vectors().T
+            logits = session_vectors @ self.item_vectors().T
             columns = items - 1
         else:
             item_vectors = F.normalize(self.item_emb(candidates + 1), dim=-1)
-            session_vectors = self.session_vectors(hidden[has_target])
             if log_q is None:
                 logits = session_vectors @ item_vectors.T
             else:  # one BLAS call: the correction is the product's starting value

@@ -180,11 +180,7 @@ def validation_scores(
     for start in range(0, len(cases), 2048):
         chunk = encoded[start : start + 2048]
         similarity = chunk.vectors @ items.T
-        rows = np.repeat(np.arange(len(chunk)), [len(r) for r in chunk.repeats])
-        columns = np.fromiter((i for r in chunk.repeats for i in r), dtype=np.int64, count=len(rows))
-        bonuses = np.fromiter(
-            (b for r in chunk.repeats for b in r.values()), dtype=np.float64, count=len(rows)
-        )
+        rows, columns, bonuses = chunk.repeat_entries()
         for scale in repeat_scales:
             ranks[scale].append(
                 boosted_target_ranks(
