@@ -69,6 +69,12 @@ def train(
     seed: int = typer.Option(TrainConfig.seed, help="Random seed (data order, init, negatives)."),
     device: str = typer.Option(TrainConfig.device, help="auto | cpu | cuda."),
     threads: int = typer.Option(TrainConfig.threads, help="CPU threads for torch (0 = one per core)."),
+    members: int = typer.Option(
+        TrainConfig.members,
+        min=1,
+        help="Models published, each trained with its own seed (seed, seed + 1, ...) and served as their "
+        "mean: more members rank better and cost that many times the refit time and serving compute.",
+    ),
     refit: bool = typer.Option(
         True,
         help="After validation picks the epoch count, train again on training + validation data "
@@ -94,6 +100,7 @@ def train(
         seed=seed,
         device=device,
         threads=threads,
+        members=members,
     )
     full = load_dataset(dataset.value, data, holdout_validation=False) if refit else None
     version_dir = train_artifact(ds, out, model_config, config, refit_on=full)

@@ -23,14 +23,14 @@ from model.complement.model import ComplementModel
 from model.data import Case, Dataset, Session, item_names
 from model.explain import attribute
 from model.sasrec.encode import EncodedSessions, encode_history, encode_sessions
-from model.sasrec.model import SASRec, SASRecConfig
+from model.sasrec.model import SASRec, SASRecConfig, SASRecEnsemble, SessionModel
 from model.vocab import ItemVocab
 
 Recommendation = tuple[str, float]
 
 
 def write_artifact(
-    out_root: Path, model: SASRec, vocab: ItemVocab, dataset: Dataset, report: dict[str, object]
+    out_root: Path, model: SessionModel, vocab: ItemVocab, dataset: Dataset, report: dict[str, object]
 ) -> Path:
     """Write every file a `Recommender` needs into a new version and publish it as latest."""
     counts = np.zeros(len(vocab), dtype=np.int64)
@@ -41,6 +41,7 @@ def write_artifact(
     with new_version(out_root) as scratch:
         config = {
             "model": model.config.to_dict(),
+            "members": len(model.members) if isinstance(model, SASRecEnsemble) else 1,
             "dataset": dataset.name,
             "created_at": datetime.now(UTC).isoformat(),
         }
@@ -64,7 +65,7 @@ class Recommender:
     def __init__(
         self,
         version_dir: Path,
-        model: SASRec,
+        model: SessionModel,
         vocab: ItemVocab,
         item_vectors: np.ndarray,
         index: ItemIndex,
@@ -94,7 +95,12 @@ class Recommender:
         version_dir = resolve_version(Path(path))
         config = json.loads((version_dir / CONFIG).read_text())
         torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model = SASRec(SASRecConfig(**config["model"]))
+        model_config, members = SASRecConfig(**config["model"]), config.get("members", 1)
+        model = (
+            SASRec(model_config)
+            if members == 1
+            else SASRecEnsemble([SASRec(model_config) for _ in range(members)])
+        )
         model.load_state_dict(torch.load(version_dir / "weights.pt", map_location="cpu", weights_only=True))
         model.to(torch_device).eval()
         catalog_path = version_dir / "catalog.parquet"

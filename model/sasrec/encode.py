@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from model.data import EVENT_TYPES
-from model.sasrec.model import PAD, SASRec
+from model.sasrec.model import PAD, SessionModel
 from model.vocab import ItemVocab
 
 TYPE_IDS = {name: i + 1 for i, name in enumerate(EVENT_TYPES)}  # 0 is padding
@@ -98,7 +98,7 @@ class EncodedSessions:
 
 @torch.inference_mode()
 def encode_sessions(
-    model: SASRec,
+    model: SessionModel,
     histories: Sequence[tuple[list[int], list[int]]],
     device: torch.device,
     batch_size: int = 1024,
@@ -114,7 +114,7 @@ def encode_sessions(
         order = np.argsort([len(items) for items, _ in histories], kind="stable")
     else:
         order = np.arange(len(histories))
-    vectors = np.zeros((len(histories), model.config.dim), dtype=np.float32)
+    vectors = np.zeros((len(histories), model.vector_dim), dtype=np.float32)
     repeats: list[dict[int, float]] = [{} for _ in histories]
     for start in range(0, len(histories), batch_size):
         rows = order[start : start + batch_size]

@@ -15,6 +15,7 @@ merged with the rescored session items".
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -137,6 +138,11 @@ class SASRec(nn.Module):
             x = block(x, attn_mask)
         return self.ln_f(x)
 
+    @property
+    def vector_dim(self) -> int:
+        """Width of session vectors and item rows (what the FAISS index holds)."""
+        return self.config.dim
+
     def item_vectors(self) -> torch.Tensor:
         """The item table that goes into FAISS: unit rows, padding row dropped."""
         return F.normalize(self.item_emb.weight[1:], dim=-1)
@@ -204,3 +210,37 @@ class SASRec(nn.Module):
         if candidates is not None:
             target = torch.searchsorted(candidates, target)
         return SoftmaxCrossEntropy.apply(logits, target)
+
+
+class SASRecEnsemble(nn.Module):
+    """SASRecs trained apart (same data and vocabulary, other seeds), served as one model scoring their mean.
+
+    Models that differ only in their seed still miss different targets, so their mean ranks better than
+    either one (measured in BENCHMARKS). Session vectors and item rows are the members' side by side, each
+    session part divided by the member count, so one FAISS index over the joined rows ranks exactly by the
+    mean score; the repeat bonus is the members' mean too. It has SASRec's serving interface
+    (`config`, `vector_dim`, `item_vectors`, `encode_last`), so encoding, search and explanations take either.
+    """
+
+    def __init__(self, members: Sequence[SASRec]) -> None:
+        super().__init__()
+        if len({(m.config.n_items, m.config.max_len) for m in members}) != 1:
+            raise ValueError("ensemble members must share their vocabulary and window length")
+        self.members = nn.ModuleList(members)
+        self.config = members[0].config  # n_items and max_len, the same for every member
+
+    @property
+    def vector_dim(self) -> int:
+        return sum(member.config.dim for member in self.members)
+
+    def item_vectors(self) -> torch.Tensor:
+        return torch.cat([member.item_vectors() for member in self.members], dim=1)
+
+    def encode_last(self, items: torch.Tensor, types: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = [member.encode_last(items, types) for member in self.members]
+        count = len(parts)
+        vectors = torch.cat([vector for vector, _ in parts], dim=1) / count
+        return vectors, torch.stack([bonus for _, bonus in parts]).mean(0)
+
+
+SessionModel = SASRec | SASRecEnsemble

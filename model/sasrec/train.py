@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from model.data import Case, Dataset, Session
 from model.metrics import UNKNOWN_TARGET, boosted_target_ranks
 from model.sasrec.encode import encode_history, encode_sessions, left_pad
-from model.sasrec.model import PAD, SASRec, SASRecConfig
+from model.sasrec.model import PAD, SASRec, SASRecConfig, SASRecEnsemble
 from model.vocab import ItemVocab
 
 
@@ -48,6 +48,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default (one per core)
+    members: int = 1  # models published, trained with seeds seed, seed + 1, ...; served as their mean
 
 
 def cooccurrence_embeddings(
@@ -334,9 +335,12 @@ def train_artifact(
 ) -> Path:
     """Train on a dataset and publish a complete, versioned artifact under out_root; return its directory.
 
-    Validation picks the number of epochs. With `refit_on` (the same data with the validation part
-    folded back into training) a fresh model is then trained on it for that many epochs and published,
-    so the served model has seen the most recent sessions, which a held-out validation set withholds.
+    Validation picks the number of epochs and the repeat weight. With `refit_on` (the same data with the
+    validation part folded back into training) fresh models are then trained on it for that many epochs and
+    published, so the served model has seen the most recent sessions, which a held-out validation set
+    withholds. With `config.members` > 1 the published model is that many such models, seeds counted up
+    from `config.seed`, served as their mean (`SASRecEnsemble`); without a refit the validated model is the
+    first of them.
     """
     from model.recommender import write_artifact  # the artifact format lives with its reader
 
@@ -348,19 +352,31 @@ def train_artifact(
     model, report = train(
         dataset.train, dataset.valid, vocab, replace(model_config, n_items=len(vocab)), config, checkpoint
     )
+    epochs = int(report["best_epoch"])
+    members, refits = ([], []) if refit_on is not None else ([model], [])
     if refit_on is not None:
-        epochs = int(report["best_epoch"])
-        tqdm.write(f"refit: {epochs} epochs on {len(refit_on.train):,} sessions (validation folded in)")
         dataset, vocab = refit_on, ItemVocab.from_sequences(session.items for session in refit_on.train)
-        refit_config = replace(model_config, n_items=len(vocab), repeat_scale=model.config.repeat_scale)
-        model, refit_report = train(dataset.train, [], vocab, refit_config, replace(config, epochs=epochs))
+    served_config = replace(model.config, n_items=len(vocab))  # with the calibrated repeat weight
+    while len(members) < config.members:
+        seed = config.seed + len(members)
+        tqdm.write(
+            f"{'refit' if refit_on is not None else 'member'} {len(members) + 1} of {config.members}: "
+            f"{epochs} epochs on {len(dataset.train):,} sessions (seed {seed})"
+        )
+        member, member_report = train(
+            dataset.train, [], vocab, served_config, replace(config, epochs=epochs, seed=seed)
+        )
+        members.append(member)
+        refits.append(member_report)
+    if refits:
         report = {
             **report,
-            "refit": refit_report,
-            "train_seconds": report["train_seconds"] + refit_report["train_seconds"],
+            "refit" if refit_on is not None else "members": refits,
+            "train_seconds": report["train_seconds"] + sum(r["train_seconds"] for r in refits),
         }
     report["train_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    version_dir = write_artifact(out_root, model, vocab, dataset, report)
+    served = members[0] if len(members) == 1 else SASRecEnsemble(members)
+    version_dir = write_artifact(out_root, served, vocab, dataset, report)
     checkpoint.unlink(missing_ok=True)
     print(json.dumps({"version": version_dir.name, "best_valid_served": report["best_valid_served"]}))
     return version_dir

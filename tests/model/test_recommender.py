@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +10,11 @@ import pytest
 
 from model import Recommender
 from model.artifacts import LATEST, new_version, resolve_version
-from model.data import Dataset
+from model.data import Dataset, load_online_retail
 from model.recommender import RecommenderScorer
+from model.sasrec.model import SASRecConfig, SASRecEnsemble
+from model.sasrec.train import TrainConfig, train_artifact
+from tests.conftest import ONLINE_RETAIL_SAMPLE
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +125,40 @@ def test_a_failed_write_never_becomes_latest(tmp_path: Path) -> None:
         raise RuntimeError("training crashed half way")
     assert (tmp_path / LATEST).read_text() == published
     assert resolve_version(tmp_path).name == published.strip()
+
+
+def test_an_artifact_of_several_refit_members_serves_their_mean(tmp_path: Path) -> None:
+    """`members=2` refits two seeds and publishes them as one model; search is exact over the joined rows."""
+    train_artifact(
+        load_online_retail(ONLINE_RETAIL_SAMPLE),
+        tmp_path,
+        SASRecConfig(n_items=0, max_len=10, dim=16, n_layers=1, n_heads=1, dropout=0.1),
+        TrainConfig(epochs=1, batch_size=64, negatives=256, threads=1, members=2),
+        refit_on=load_online_retail(ONLINE_RETAIL_SAMPLE, valid_weeks=0),
+    )
+    rec = Recommender.load(tmp_path)
+    assert isinstance(rec.model, SASRecEnsemble) and len(rec.model.members) == 2
+    assert rec.item_vectors.shape == (len(rec.vocab), 32) and rec.index.spec.dim == 32
+    report = json.loads((rec.version_dir / "metrics.json").read_text())
+    assert [refit["train_config"]["seed"] for refit in report["refit"]] == [0, 1]
+
+    histories = [list(case.prefix[-6:]) for case in load_online_retail(ONLINE_RETAIL_SAMPLE).test[:10]]
+    sessions = rec.encode(histories)
+    member_scores = []
+    for member in rec.model.members:
+        single = Recommender(
+            rec.version_dir,
+            member,
+            rec.vocab,
+            member.item_vectors().detach().numpy(),
+            rec.index,
+            rec.popularity,
+            rec.catalog,
+        )
+        member_scores.append(single.encode(histories).scores(single.item_vectors))
+    brute = sessions.scores(rec.item_vectors)
+    np.testing.assert_allclose(brute, sum(member_scores) / 2, rtol=1e-4, atol=1e-4)
+    for row, answer in enumerate(rec.search(sessions, k=10)):
+        np.testing.assert_allclose(
+            [score for _, score in answer], np.sort(brute[row])[::-1][:10], rtol=1e-4, atol=1e-4
+        )

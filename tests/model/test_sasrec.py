@@ -10,7 +10,7 @@ import torch
 
 from model.data import Session, views
 from model.sasrec.encode import encode_sessions, left_pad
-from model.sasrec.model import PAD, SASRec, SASRecConfig, SoftmaxCrossEntropy
+from model.sasrec.model import PAD, SASRec, SASRecConfig, SASRecEnsemble, SoftmaxCrossEntropy
 from model.sasrec.train import (
     TrainConfig,
     candidates,
@@ -71,6 +71,29 @@ def test_many_histories_batched_by_length_keep_their_order(model: SASRec) -> Non
     assert [set(r) for r in by_length.repeats] == [{2, 4, 6}, {3}, {0, 1, 2, 5, 7, 8}, {5}]
     for ours, theirs in zip(by_length.repeats, one_batch.repeats, strict=True):
         assert ours == pytest.approx(theirs)
+
+
+def test_an_ensemble_scores_every_item_by_its_members_mean_score(model: SASRec) -> None:
+    torch.manual_seed(1)
+    other = SASRec(model.config).eval()
+    ensemble = SASRecEnsemble([model, other])
+    histories = [([3, 5, 7, 3], [1, 1, 2, 1]), ([4], [1]), ([9, 2, 8, 6, 1], [1] * 5)]
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        members = [
+            encode_sessions(m, histories, cpu).scores(m.item_vectors().numpy()) for m in (model, other)
+        ]
+        served = encode_sessions(ensemble, histories, cpu)
+        scores = served.scores(ensemble.item_vectors().numpy())
+    assert served.vectors.shape == (3, 32) and ensemble.vector_dim == 32
+    np.testing.assert_allclose(scores, (members[0] + members[1]) / 2, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(scores, members[0], atol=1e-3)
+
+
+def test_ensemble_members_must_share_their_vocabulary(model: SASRec) -> None:
+    other = SASRec(SASRecConfig(n_items=31, max_len=8, dim=16, n_heads=2))
+    with pytest.raises(ValueError, match="vocabulary"):
+        SASRecEnsemble([model, other])
 
 
 def test_event_type_changes_the_session_vector(model: SASRec) -> None:
