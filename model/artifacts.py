@@ -1,8 +1,9 @@
 """Versioned model artifacts: each training run writes a new version and marks it latest only when complete.
 
 Layout under an artifact root:
-    <root>/versions/<version>/  config.json, vocab.json, item_embeddings.npy, weights.pt, popularity.npy,
-                                metrics.json, catalog.parquet (when known), index/ (FAISS),
+    <root>/versions/<version>/  config.json (model config, member count), vocab.json, item_embeddings.npy,
+                                weights.pt, popularity.npy, metrics.json, catalog.parquet (when known),
+                                index/ (FAISS),
                                 complement/ (when the data has baskets)
     <root>/LATEST               the name of the newest complete version
 

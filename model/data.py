@@ -59,6 +59,7 @@ class Dataset:
     test: list[Case]
     catalog: pd.DataFrame | None = None  # columns: item_id, description, price
     baskets: list[tuple[str, ...]] = field(default_factory=list)  # training-period baskets, if known
+    basket_customers: list[str | None] = field(default_factory=list)  # each basket's buyer (None: anonymous)
     test_baskets: list[tuple[str, ...]] = field(default_factory=list)  # test-period baskets, if known
 
 
@@ -237,14 +238,19 @@ def _baskets(lines: pd.DataFrame) -> list[tuple[str, ...]]:
     return _runs(lines["invoice"], lines["item_id"])
 
 
+def _basket_customers(lines: pd.DataFrame) -> list[str | None]:
+    """The customer of each invoice of `_baskets(lines)`, in the same order (None for anonymous ones)."""
+    return [None if pd.isna(run[0]) else run[0] for run in _runs(lines["invoice"], lines["customer_id"])]
+
+
 def load_online_retail(path: Path, test_weeks: int = 4, valid_weeks: int = 4) -> Dataset:
     """UCI Online Retail as customer purchase sequences with a temporal split.
 
     Periods: the last `test_weeks` weeks (counted back from midnight after the last invoice) are
     test, the `valid_weeks` before are validation, everything earlier is training. `train` holds one
     session per customer with their training-period purchases in order (invoice time, then line
-    order); `baskets` are the training-period invoices (anonymous ones too), `test_baskets` the
-    test-period ones, each as distinct items.
+    order); `baskets` are the training-period invoices (anonymous ones too) with their customers in
+    `basket_customers`, `test_baskets` the test-period ones, each as distinct items.
 
     Cases, per customer invoice in a period whose customer has bought before: the prefix is that
     customer's purchases before the invoice (any period, last MAX_PREFIX kept), and each target is an
@@ -272,6 +278,7 @@ def load_online_retail(path: Path, test_weeks: int = 4, valid_weeks: int = 4) ->
         test=test,
         catalog=_catalog(lines),
         baskets=_baskets(train_lines),
+        basket_customers=_basket_customers(train_lines),
         test_baskets=_baskets(lines[lines["ts"] >= test_start]),
     )
 

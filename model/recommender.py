@@ -55,7 +55,9 @@ def write_artifact(
             dataset.catalog.to_parquet(scratch / "catalog.parquet", index=False)
         ItemIndex.build(item_vectors).save(scratch / "index")
         if dataset.baskets:
-            ComplementModel.fit(dataset.baskets, dataset.catalog).save(scratch / "complement")
+            ComplementModel.fit(dataset.baskets, dataset.catalog, customers=dataset.basket_customers).save(
+                scratch / "complement"
+            )
     return resolve_version(out_root)
 
 

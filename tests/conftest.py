@@ -31,7 +31,7 @@ def artifact_root(tmp_path_factory: pytest.TempPathFactory, online_retail_sample
         online_retail_sample,
         root,
         SASRecConfig(n_items=0, max_len=20, dim=32, n_layers=1, n_heads=2, dropout=0.1),
-        TrainConfig(epochs=3, batch_size=64, lr=3e-3, negatives=512, patience=3, threads=1),
+        TrainConfig(epochs=3, batch_size=64, lr=3e-3, negatives=512, patience=3, threads=1, members=1),
     )
     return root
 

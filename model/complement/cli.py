@@ -99,7 +99,8 @@ def evaluate(
         fit_baskets, held_out = dataset.baskets, dataset.test_baskets
     cases = completion_cases(held_out)
     started = time.perf_counter()
-    complements = ComplementModel.fit(fit_baskets, dataset.catalog)
+    fit_customers = dataset.basket_customers[: len(fit_baskets)]
+    complements = ComplementModel.fit(fit_baskets, dataset.catalog, customers=fit_customers)
     fit_seconds = time.perf_counter() - started
     results: dict[str, CompletionResult] = {
         "popularity": evaluate_completion(PopularityCompleter(fit_baskets), cases, k, "popularity"),

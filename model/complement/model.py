@@ -14,6 +14,12 @@ validation baskets carved from the training period, see `model.complement.evalua
    pseudo-baskets of neighbour evidence, row = (n_a * own + m * neighbours) / (n_a + m). An item that is in
    the catalogue but was never bought still gets complements, from products described like it.
 
+Baskets are only one shopping trip. Where the buyer of each basket is known, the products one customer buys
+across invoices (a shop restocking its range) are a second, weaker complement signal that reaches pairs
+rarely bought on one invoice: the conditional over customers' purchase sets, weighted by `customer_weight`,
+is added to the basket conditional ("customers who bought a also bought b", as in Amazon's item-to-item
+collaborative filtering).
+
 Where views are known (event logs), co-viewed pairs are substitutes being compared rather than complements
 (Amazon's P-Companion signal: co-purchase minus co-view): the co-view conditional, scaled by
 `coview_penalty`, is subtracted before ranking.
@@ -55,6 +61,7 @@ class ComplementConfig:
     text_neighbours: int = 10
     neighbours: int = 200
     coview_penalty: float = 1.0
+    customer_weight: float = 0.5
 
 
 def incidence(rows: Sequence[Sequence[str]], vocab: ItemVocab) -> sp.csr_matrix:
@@ -145,8 +152,12 @@ class ComplementModel:
         catalog: pd.DataFrame | None = None,
         views_by_session: Iterable[Sequence[str]] | None = None,
         config: ComplementConfig | None = None,
+        customers: Sequence[str | None] | None = None,
     ) -> ComplementModel:
-        """Fit on baskets in time order; catalogue items never bought are kept (they get text neighbours)."""
+        """Fit on baskets in time order; catalogue items never bought are kept (they get text neighbours).
+
+        `customers`, the buyer of each basket (None for an anonymous one), adds the per-customer signal.
+        """
         config = config or ComplementConfig()
         catalog_items = [] if catalog is None else catalog["item_id"].astype(str).tolist()
         vocab = ItemVocab.from_sequences([*baskets, catalog_items])
@@ -154,6 +165,15 @@ class ComplementModel:
         age = np.arange(len(baskets))[::-1]
         recency = np.exp(-age / max(config.recency_scale * len(baskets), 1.0))
         purchase = conditional(matrix, recency, config.size_power)
+        if customers and config.customer_weight:
+            bought: dict[str, list[str]] = {}
+            for basket, customer in zip(baskets, customers, strict=True):
+                if customer is not None:
+                    bought.setdefault(customer, []).extend(basket)
+            by_customer = incidence(list(bought.values()), vocab)
+            purchase = purchase + config.customer_weight * conditional(
+                by_customer, np.ones(by_customer.shape[0]), config.size_power
+            )
         counts = np.asarray((sp.diags(recency) @ matrix).sum(axis=0)).ravel()
         purchase = purchase @ sp.diags(np.maximum(counts, 1e-12) ** -config.popularity_power)
         if views_by_session is not None:

@@ -48,7 +48,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default (one per core)
-    members: int = 1  # models published, trained with seeds seed, seed + 1, ...; served as their mean
+    # Models published, trained with seeds seed, seed + 1, ... and served as their mean: two rank better than
+    # one (+0.7 HR@20 points on validation) for one more refit's time and twice the serving compute.
+    members: int = 2
 
 
 def cooccurrence_embeddings(

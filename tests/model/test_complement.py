@@ -83,6 +83,18 @@ def test_coview_signal_pushes_substitutes_down() -> None:
     assert with_views.pair_score("a", "b") < with_views.pair_score("a", "c")
 
 
+def test_items_one_customer_buys_on_different_invoices_become_complements() -> None:
+    # lamp and bulb never share an invoice, but the customers who buy one buy the other too.
+    baskets = [("lamp", "pen"), ("bulb", "pad"), ("lamp", "ink"), ("bulb", "pad"), ("lamp", "pen")]
+    customers = ["shop1", "shop1", "shop2", "shop2", None]
+    plain = ComplementModel.fit(baskets, config=FLAT)
+    with_customers = ComplementModel.fit(baskets, config=FLAT, customers=customers)
+    assert plain.pair_score("lamp", "bulb") == 0.0
+    assert with_customers.pair_score("lamp", "bulb") > 0.0
+    # the basket signal still leads: pen is on two of lamp's invoices
+    assert with_customers.complete(["lamp"], k=1)[0][0] == "pen"
+
+
 def test_evidence_counts_pairs_and_lift(fitted: ComplementModel) -> None:
     together, lift = fitted.evidence("tea", "saucer")
     assert together == 3

@@ -264,6 +264,7 @@ def test_online_retail_temporal_split_and_cases(tmp_path: Path) -> None:
         Session(("10003",), ("purchase",)),
     ]
     assert dataset.baskets == [("10001", "10002"), ("10003", "10002"), ("10003",)]
+    assert dataset.basket_customers == ["100", None, "200"]  # 1002 is anonymous
     assert dataset.test_baskets == [("10002", "10001"), ("10003", "10002")]
     # 1004 (validation, customer 100): 10004 is unknown to train, 10001 was bought before -> only 10003.
     # 1005: customer 300 has no history, so no case.

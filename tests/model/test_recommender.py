@@ -162,3 +162,5 @@ def test_an_artifact_of_several_refit_members_serves_their_mean(tmp_path: Path) 
         np.testing.assert_allclose(
             [score for _, score in answer], np.sort(brute[row])[::-1][:10], rtol=1e-4, atol=1e-4
         )
+    bundles = rec.bundles(histories[0], n=2, size=3)  # explanations run the ensemble's leave-one-out too
+    assert bundles and all(len(bundle.items) == 3 and bundle.explanation for bundle in bundles)
