@@ -13,8 +13,9 @@ JSON shape (what the stream puts into each output message, `reasons` of an item 
 - `evidence`: co-purchase evidence for bundle members: baskets holding both items and their lift.
 - `code`: `repeat` (the item is already in the session), `personalized` (the session model ranked it from the
   user's events), `complement` (it goes with an item the user is into; bundles), `popular` (no known event:
-  best sellers), `cold_start` (an item with almost no training interactions, or a bundle member with no
-  co-purchase yet, proposed because it is described like products that are).
+  best sellers), `cold_start` (an item with almost no training interactions, or a bundle member that shares
+  no basket with its anchor yet, proposed because it is described like products that do or because the
+  anchor's buyers buy it on other invoices).
 """
 
 from __future__ import annotations
