@@ -23,7 +23,7 @@ from model.complement.model import ComplementModel
 from model.data import Case, Dataset, Session, item_names
 from model.explain import attribute
 from model.sasrec.encode import EncodedSessions, encode_history, encode_sessions
-from model.sasrec.model import SASRec, SASRecConfig, SASRecEnsemble, SessionModel
+from model.sasrec.model import SASRec, SASRecConfig, SASRecEnsemble, SessionModel, session_model
 from model.vocab import ItemVocab
 
 Recommendation = tuple[str, float]
@@ -97,12 +97,8 @@ class Recommender:
         version_dir = resolve_version(Path(path))
         config = json.loads((version_dir / CONFIG).read_text())
         torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model_config, members = SASRecConfig(**config["model"]), config.get("members", 1)
-        model = (
-            SASRec(model_config)
-            if members == 1
-            else SASRecEnsemble([SASRec(model_config) for _ in range(members)])
-        )
+        model_config = SASRecConfig(**config["model"])
+        model = session_model([SASRec(model_config) for _ in range(config.get("members", 1))])
         model.load_state_dict(torch.load(version_dir / "weights.pt", map_location="cpu", weights_only=True))
         model.to(torch_device).eval()
         catalog_path = version_dir / "catalog.parquet"

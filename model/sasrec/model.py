@@ -244,3 +244,8 @@ class SASRecEnsemble(nn.Module):
 
 
 SessionModel = SASRec | SASRecEnsemble
+
+
+def session_model(members: Sequence[SASRec]) -> SessionModel:
+    """The model that serves `members`: the one SASRec itself, or their ensemble."""
+    return members[0] if len(members) == 1 else SASRecEnsemble(members)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from model.data import Case, Dataset, Session
 from model.metrics import UNKNOWN_TARGET, boosted_target_ranks
 from model.sasrec.encode import encode_history, encode_sessions, left_pad
-from model.sasrec.model import PAD, SASRec, SASRecConfig, SASRecEnsemble
+from model.sasrec.model import PAD, SASRec, SASRecConfig, session_model
 from model.vocab import ItemVocab
 
 
@@ -377,8 +377,7 @@ def train_artifact(
             "train_seconds": report["train_seconds"] + sum(r["train_seconds"] for r in refits),
         }
     report["train_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    served = members[0] if len(members) == 1 else SASRecEnsemble(members)
-    version_dir = write_artifact(out_root, served, vocab, dataset, report)
+    version_dir = write_artifact(out_root, session_model(members), vocab, dataset, report)
     checkpoint.unlink(missing_ok=True)
     print(json.dumps({"version": version_dir.name, "best_valid_served": report["best_valid_served"]}))
     return version_dir
