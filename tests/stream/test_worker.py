@@ -19,6 +19,7 @@ import jsonschema
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.partitioner import murmur2
 
 from model.artifacts import resolve_version
 from stream.broker import EmbeddedBroker
@@ -30,6 +31,8 @@ from stream.worker import (
     DrainingProducerBuffer,
     _InputConsumerThread,
     batch_window,
+    by_partition,
+    forget_delivered,
     handle_isolating_failures,
 )
 from tests.conftest import PublishCopy
@@ -154,7 +157,11 @@ async def consume(
         settled: float | None = None
         while time.monotonic() < (settled or deadline):
             for tp, messages in (await consumer.getmany(timeout_ms=200)).items():
-                records[tp.topic].extend(json.loads(m.value) | {"_key": m.key} for m in messages)
+                partitions = len(consumer.partitions_for_topic(tp.topic) or ())
+                records[tp.topic].extend(
+                    json.loads(m.value) | {"_key": m.key, "_partition": (tp.partition, partitions)}
+                    for m in messages
+                )
             if settled is None and done(records):
                 settled = time.monotonic() + settle_s
     finally:
@@ -230,13 +237,14 @@ def test_every_valid_event_is_answered_once_and_every_malformed_one_dead_lettere
     assert sorted(r["event_id"] for r in answers) == sorted(f"e{n}" for n in range(120))
     schema = load_schema("recommendation")
     for answer in answers:
-        key = answer.pop("_key")
+        key, (partition, partitions) = answer.pop("_key"), answer.pop("_partition")
         jsonschema.validate(answer, schema)
         assert key == answer["user_id"].encode() and answer["items"]
+        assert partition == (murmur2(key) & 0x7FFFFFFF) % partitions  # a Java producer's choice for the key
     letters = records["clickstream.dlq"]
     assert sorted(r["reason"] for r in letters) == sorted(reason for _, _, reason in MALFORMED)
     for letter in letters:
-        letter.pop("_key")
+        letter.pop("_key"), letter.pop("_partition")
         jsonschema.validate(letter, load_schema("dlq"))
 
     # State: the last event purchased items[1]; that answer must not offer it, the user's earlier ones could.
@@ -714,3 +722,31 @@ def test_a_batch_that_does_not_fail_is_handled_in_one_call() -> None:
     calls: list[list[int]] = []
     handle_isolating_failures([1, 2, 3], calls.append, lambda event, error: pytest.fail(f"{event}: {error}"))
     assert calls == [[1, 2, 3]]
+
+
+def test_answers_are_grouped_by_the_partition_a_java_producer_picks_for_their_key_in_order() -> None:
+    # murmur2 of these keys in Kafka's own tests (UtilsTest): -973932308, -790332482, 479470107.
+    records = [(b"21", b"1"), (b"foobar", b"2"), (b"abc", b"3"), (b"21", b"4")]
+    grouped = by_partition(records, [0, 1, 2, 3, 4, 5, 6])
+    assert grouped == {
+        (-973932308 & 0x7FFFFFFF) % 7: [(b"21", b"1"), (b"21", b"4")],
+        (-790332482 & 0x7FFFFFFF) % 7: [(b"foobar", b"2")],
+        (479470107 & 0x7FFFFFFF) % 7: [(b"abc", b"3")],
+    }
+
+
+def test_a_flush_forgets_delivered_batches_keeps_pending_ones_and_raises_for_a_lost_one() -> None:
+    async def settle() -> None:
+        loop = asyncio.get_running_loop()
+        delivered, pending, lost = loop.create_future(), loop.create_future(), loop.create_future()
+        delivered.set_result(None)
+        batches = {delivered, pending}
+        forget_delivered(batches)
+        assert batches == {pending}
+        lost.set_exception(ConnectionError("broker gone"))
+        batches.add(lost)
+        with pytest.raises(RuntimeError, match="not delivered"):
+            forget_delivered(batches)
+        assert batches == {pending}
+
+    asyncio.run(settle())
