@@ -319,6 +319,21 @@ def context_for(rec: Recommender) -> BundleContext:
     return _CONTEXTS[rec]
 
 
+def warm_up(rec: Recommender) -> None:
+    """Fill the bundle caches of an artifact before it answers: every item's near-duplicates, and the
+    candidate pools of as many anchors as the pool cache holds, most popular first.
+
+    Built lazily, these cost the first answers that meet each anchor about twice the steady-state
+    bundle time (a new worker, or a hot swap, under full load); once, at load, they cost about a second
+    for a catalogue of a few thousand items.
+    """
+    space = context_for(rec).space
+    for item in space.near.item_ids:
+        space.near.near_duplicates(item)
+    for item, _ in reversed(rec.popular(POOL_CACHE_SIZE)):  # the most popular end up most recently used
+        anchor_pool(space, item)
+
+
 def explained_bundles(
     rec: Recommender,
     attribution: Attribution,

@@ -86,10 +86,17 @@ class UserState:
         )
 
 
-def _bounded_append(items: tuple[str, ...], item: str, cap: int) -> tuple[str, ...]:
-    """Move or add `item` to the end, keeping at most `cap` most recent entries."""
-    kept = (*(existing for existing in items if existing != item), item)
-    return kept[-cap:] if cap > 0 else ()
+def bounded_append(items: tuple[str, ...], item: str, cap: int) -> tuple[str, ...]:
+    """Move or add `item` to the end, keeping at most `cap` most recent entries.
+
+    A wholesale buyer's purchases fill the cap (hundreds of items) and most events add a new item, so
+    the membership test (a C scan) comes first and only a move rebuilds the tuple in Python.
+    """
+    if cap <= 0:
+        return ()
+    if item in items:
+        items = tuple(existing for existing in items if existing != item)
+    return (*items[-(cap - 1) :], item) if cap > 1 else (item,)
 
 
 def apply_event(
@@ -107,12 +114,12 @@ def apply_event(
     events = (*events, RecentEvent(event.event_id, event.item_id, event.type, event.ts))[-limits.max_events :]
     cart, purchased = state.cart, state.purchased
     if event.type == "add_to_cart":
-        cart = _bounded_append(cart, event.item_id, limits.max_events)
+        cart = bounded_append(cart, event.item_id, limits.max_events)
     elif event.type == "remove_from_cart":
         cart = tuple(item for item in cart if item != event.item_id)
     elif event.type == "purchase":
         cart = tuple(item for item in cart if item != event.item_id)
-        purchased = _bounded_append(purchased, event.item_id, limits.purchased_max)
+        purchased = bounded_append(purchased, event.item_id, limits.purchased_max)
     updated = replace(
         state,
         events=events,

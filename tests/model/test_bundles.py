@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from model.bundles import assemble
+from model.bundles import POOL_CACHE_SIZE, assemble, context_for, warm_up
 from model.complement.model import ComplementConfig, ComplementModel
 from model.neardup import ProductKinds
 from model.recommender import Recommender
@@ -136,6 +136,17 @@ def test_recommender_bundles_are_explained_and_constrained(artifact_root: Path) 
         assert {e.item_id for e in bundle.reasons.evidence} == set(bundle.items) - {bundle.anchor}
         assert all(e.pair_baskets >= 0 and e.lift >= 0 for e in bundle.reasons.evidence)
     assert rec.bundles(["no-such-item"]) == []
+
+
+def test_warming_up_fills_the_bundle_caches_and_changes_no_answer(artifact_root: Path) -> None:
+    cold, warm = Recommender.load(artifact_root), Recommender.load(artifact_root)
+    warm_up(warm)
+    space = context_for(warm).space
+    assert set(space.near._near) == set(space.near.item_ids)  # every item's near-duplicates, once
+    popular = [item for item, _ in warm.popular(POOL_CACHE_SIZE)]
+    assert list(space.pools)[-len(popular) :] == popular[::-1]  # most popular = most recently used
+    for history in ([item for item, _ in cold.popular(3)], [cold.vocab.item_ids[-1]]):
+        assert warm.bundles(history) == cold.bundles(history)
 
 
 def test_a_bundle_line_says_how_its_anchor_relates_to_the_user(artifact_root: Path) -> None:

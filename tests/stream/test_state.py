@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from stream.events import ClickEvent
-from stream.state import StateLimits, UserState, apply_event, is_expired, sweep_expired
+from stream.state import StateLimits, UserState, apply_event, bounded_append, is_expired, sweep_expired
 
 LIMITS = StateLimits(max_events=3, session_gap_s=100.0, purchased_max=2)
 
@@ -81,3 +81,12 @@ def test_the_expiry_sweep_deletes_idle_users_and_spares_one_who_came_back_meanwh
     assert (seen, deleted) == (6, 4)
     assert set(table) == {b"active", b"u4"}
     assert len(other_work) >= 6  # the loop ran other work between chunks
+
+
+def test_a_bounded_list_moves_a_repeated_item_to_the_end_and_keeps_the_latest_cap_entries() -> None:
+    assert bounded_append(("a", "b", "c"), "d", 3) == ("b", "c", "d")
+    assert bounded_append(("a", "b", "c"), "a", 3) == ("b", "c", "a")
+    assert bounded_append(("a", "b", "c"), "b", 2) == ("c", "b")
+    assert bounded_append(("a",), "b", 5) == ("a", "b")
+    assert bounded_append(("a", "b"), "c", 1) == ("c",)
+    assert bounded_append(("a", "b"), "c", 0) == ()
