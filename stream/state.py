@@ -89,14 +89,21 @@ class UserState:
 def bounded_append(items: tuple[str, ...], item: str, cap: int) -> tuple[str, ...]:
     """Move or add `item` to the end, keeping at most `cap` most recent entries.
 
-    A wholesale buyer's purchases fill the cap (hundreds of items) and most events add a new item, so
-    the membership test (a C scan) comes first and only a move rebuilds the tuple in Python.
+    A wholesale buyer's purchases fill the cap (hundreds of items), so this stays in C-level tuple
+    operations: `items` never holds an item twice, so a move removes one entry.
     """
     if cap <= 0:
         return ()
-    if item in items:
-        items = tuple(existing for existing in items if existing != item)
+    items = _without(items, item)
     return (*items[-(cap - 1) :], item) if cap > 1 else (item,)
+
+
+def _without(items: tuple[str, ...], item: str) -> tuple[str, ...]:
+    """`items` minus its one entry `item`, if there is one."""
+    if item not in items:
+        return items
+    position = items.index(item)
+    return items[:position] + items[position + 1 :]
 
 
 def apply_event(
@@ -116,9 +123,9 @@ def apply_event(
     if event.type == "add_to_cart":
         cart = bounded_append(cart, event.item_id, limits.max_events)
     elif event.type == "remove_from_cart":
-        cart = tuple(item for item in cart if item != event.item_id)
+        cart = _without(cart, event.item_id)
     elif event.type == "purchase":
-        cart = tuple(item for item in cart if item != event.item_id)
+        cart = _without(cart, event.item_id)
         purchased = bounded_append(purchased, event.item_id, limits.purchased_max)
     updated = replace(
         state,
