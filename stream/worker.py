@@ -14,7 +14,16 @@ import signal
 import time
 import weakref
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from functools import cached_property, partial
@@ -28,9 +37,11 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP, EventT, Message
 from faust.types.tuples import FutureMessage
+from mode.services import WaitArgT, WaitResults
 from mode.utils.aiter import aiter
 from mode.utils.futures import notify
 from mode.utils.queues import FlowControlEvent
+from mode.utils.times import Seconds
 
 from stream import metrics
 from stream.answer import Answer, recommendation_message
@@ -278,6 +289,32 @@ class _InputConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return self.seeks.get(tp, 0) != self.seeks_at_fetch.get(tp, 0)
 
 
+async def first_turn_then_race(
+    coros: Sequence[WaitArgT], race: Callable[..., Awaitable[WaitResults]]
+) -> WaitResults:
+    """`race(*coros)` (mode's `wait_first`), unless the first coroutine finishes in its first turn of the
+    loop: then it alone has won, as it would have in the race, which would have run it the same way.
+
+    A task and one turn of the loop instead of four tasks, a wait and three cancellations. A coroutine
+    still waiting after its turn joins the race as the task it now is.
+    """
+    first = coros[0] if coros else None
+    if not asyncio.iscoroutine(first):
+        return await race(*coros)
+    task = asyncio.ensure_future(first)
+    try:
+        await asyncio.sleep(0)  # the task's first step runs in this turn, before this coroutine resumes
+    except BaseException:
+        task.cancel()
+        raise
+    if not task.done():
+        return await race(task, *coros[1:])
+    for other in coros[1:]:
+        if asyncio.iscoroutine(other):
+            other.close()  # never started: nothing to cancel
+    return WaitResults([first], [task.result()], False)
+
+
 class _InputConsumer(faust_aiokafka.Consumer):
     """Faust's consumer, delivering no record that a restart's seek to the committed offsets would make
     Faust misread as an offset gap.
@@ -305,6 +342,19 @@ class _InputConsumer(faust_aiokafka.Consumer):
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _InputConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def wait_first(self, *coros: WaitArgT, timeout: Seconds | None = None) -> WaitResults:
+        """mode's `wait_first`, giving the first coroutine one turn of the loop before racing it.
+
+        Faust hands every fetched record to the streams as `wait_first(callback(message),
+        suspend_flow.wait())`, and mode makes a task of each argument and of the consumer's stopped and
+        crashed events, then cancels the three that lose: a tenth of the worker's time under load. The
+        callback (decode, put into the stream buffer) waits only when flow is suspended or a buffer is
+        full (`first_turn_then_race`). Calls while flow is suspended or the consumer stops get mode's race.
+        """
+        if timeout is not None or self.should_stop or self.suspend_flow.is_set():
+            return await super().wait_first(*coros, timeout=timeout)
+        return await first_turn_then_race(coros, super().wait_first)
 
     async def perform_seek(self) -> None:
         self.seeks_in_progress += 1

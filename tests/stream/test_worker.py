@@ -10,16 +10,18 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import cast
+from typing import Any, cast
 
 import jsonschema
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
+from mode import Service
 
 from model.artifacts import resolve_version
 from stream.broker import EmbeddedBroker
@@ -32,6 +34,7 @@ from stream.worker import (
     _InputConsumerThread,
     batch_window,
     by_partition,
+    first_turn_then_race,
     forget_delivered,
     handle_isolating_failures,
 )
@@ -750,3 +753,63 @@ def test_a_flush_forgets_delivered_batches_keeps_pending_ones_and_raises_for_a_l
         assert batches == {pending}
 
     asyncio.run(settle())
+
+
+class CountingRace:
+    """mode's `wait_first` (the race of the consumer's drain loop), counting its calls."""
+
+    def __init__(self) -> None:
+        self.service, self.calls = Service(), 0
+
+    async def __call__(self, *coros: Any) -> Any:
+        self.calls += 1
+        return await self.service.wait_first(*coros)
+
+
+def test_a_record_callback_that_does_not_wait_is_delivered_without_the_race() -> None:
+    async def deliver() -> None:
+        race, suspended, delivered = CountingRace(), asyncio.Event(), []
+
+        async def callback() -> str:
+            delivered.append("record")
+            return "done"
+
+        results = await first_turn_then_race([callback(), suspended.wait()], race)
+        assert results.done and results.results == ["done"] and not results.stopped
+        assert delivered == ["record"] and race.calls == 0
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the unstarted suspension wait is closed, not left unawaited
+        asyncio.run(deliver())
+
+
+def test_a_record_callback_that_waits_races_the_suspension_and_is_cancelled_by_it() -> None:
+    async def deliver() -> None:
+        race, suspended, buffer_has_room = CountingRace(), asyncio.Event(), asyncio.Event()
+        delivered: list[str] = []
+
+        async def callback() -> None:
+            await buffer_has_room.wait()  # a full stream buffer
+            delivered.append("record")
+
+        delivering = asyncio.create_task(first_turn_then_race([callback(), suspended.wait()], race))
+        await asyncio.sleep(0.01)
+        assert race.calls == 1 and not delivering.done()
+        suspended.set()  # a rebalance: the waiting delivery is abandoned
+        await delivering
+        buffer_has_room.set()
+        await asyncio.sleep(0.01)
+        assert delivered == []
+
+    asyncio.run(deliver())
+
+
+def test_a_record_callback_that_fails_at_once_raises_as_in_the_race() -> None:
+    async def deliver() -> None:
+        async def callback() -> None:
+            raise ValueError("undecodable")
+
+        with pytest.raises(ValueError, match="undecodable"):
+            await first_turn_then_race([callback(), asyncio.Event().wait()], CountingRace())
+
+    asyncio.run(deliver())
