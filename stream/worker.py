@@ -2,8 +2,9 @@
 
 Delivery is at-least-once: Faust commits an input offset only after the batch holding it was fully
 handled (`BatchingStream.take_batches` acks after the loop body) and after flushing the producer (every
-buffered answer and changelog record, `DrainingProducerBuffer`), so every valid event is answered before
-its offset is committed; a crash in between re-answers it with the same event_id.
+queued answer, `AnswerOutbox`, and buffered changelog record, `DrainingProducerBuffer`, delivered), so
+every valid event is answered before its offset is committed; a crash in between re-answers it with the
+same event_id.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP, EventT, Message
 from faust.types.tuples import FutureMessage
+from mode import Service
 from mode.services import WaitArgT, WaitResults
 from mode.utils.aiter import aiter
 from mode.utils.futures import notify
@@ -56,6 +58,7 @@ log = logging.getLogger(__name__)
 
 SESSIONS_TABLE = "sessions"
 LAG_INTERVAL_S = 5.0
+ANSWER_BATCHES_WAITING = 4  # micro-batches of answers queued for the Kafka client before the agent waits
 
 T = TypeVar("T")
 Record = tuple[bytes, bytes]  # key, value
@@ -442,12 +445,65 @@ def forget_delivered(batches: set[asyncio.Future[Any]]) -> None:
             )
 
 
+class AnswerOutbox(Service):
+    """Micro-batches of answers on their way to the Kafka client, handed over in order by one task.
+
+    aiokafka sends one request per broker at a time and queues one record batch per partition behind it,
+    so handing answers over waits for the previous request's round trip: under load, a third of the
+    agent's cycle. Queued here instead, they are handed over while the agent answers the next micro-batch.
+    At most `max_waiting` batches wait; then `put` waits (backpressure). `drain`, which runs before every
+    commit, waits for every batch put before it (not for later ones: under load the outbox never empties)
+    and raises if one failed, so commits still cover handed-over answers only.
+    """
+
+    def __init__(
+        self, send: Callable[[str, Sequence[Record]], Awaitable[None]], max_waiting: int, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.send = send
+        self.waiting: asyncio.Queue[tuple[str, Sequence[Record]]] = asyncio.Queue(maxsize=max_waiting)
+        self.put_count = 0
+        self.handed_over = 0  # of the batches put (in order)
+        self.progress = asyncio.Event()  # set after each hand-over
+        self.failure: BaseException | None = None
+
+    async def put(self, topic: str, records: Sequence[Record]) -> None:
+        self._raise_failure()
+        await self.waiting.put((topic, records))
+        self.put_count += 1
+
+    @Service.task
+    async def _hand_over(self) -> None:
+        while not self.should_stop:
+            topic, records = await self.waiting.get()
+            try:
+                await self.send(topic, records)
+            except Exception as error:  # the agent stops at its next put, and no commit passes this batch
+                log.exception("a batch of %d answers could not be handed to the Kafka client", len(records))
+                self.failure = error
+            self.handed_over += 1
+            self.progress.set()
+
+    async def drain(self) -> None:
+        target = self.put_count
+        while self.handed_over < target:
+            self.progress.clear()
+            if await self.wait_for_stopped(self.progress):
+                raise RuntimeError(f"answer outbox stopped with {target - self.handed_over} batches waiting")
+        self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        if self.failure is not None:
+            raise RuntimeError("answers could not be handed to the Kafka client") from self.failure
+
+
 class _DrainingProducer(faust_aiokafka.Producer):
-    """Faust's producer with the draining buffer, and `send_batches` for the answers.
+    """Faust's producer with the draining buffer, and an outbox of record batches for the answers.
 
     Faust hands messages to the Kafka client one at a time (a buffer entry, a client call, a delivery
     future and sensor callbacks each): about a third of the worker's time when every event gets a 9 KB
-    answer. `send_batches` builds the client's record batches directly, one call per partition.
+    answer. `send_batches` builds the client's record batches directly, one call per partition; the
+    agent queues them in `outbox`.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -455,6 +511,13 @@ class _DrainingProducer(faust_aiokafka.Producer):
         self.buffer = DrainingProducerBuffer(loop=self.loop, beacon=self.beacon)
         self.buffer.app = self.app
         self.batches_in_flight: set[asyncio.Future[Any]] = set()
+        self.outbox = AnswerOutbox(
+            self.send_batches, ANSWER_BATCHES_WAITING, loop=self.loop, beacon=self.beacon
+        )
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        await self.add_runtime_dependency(self.outbox)
 
     async def send_batches(self, topic: str, records: Sequence[Record]) -> None:
         """Queue `records` (key, value) with the Kafka client as record batches, one per partition (more
@@ -474,6 +537,7 @@ class _DrainingProducer(faust_aiokafka.Producer):
             self.batches_in_flight.add(await client.send_batch(batch, topic, partition=partition))
 
     async def flush(self) -> None:
+        await self.outbox.drain()
         await super().flush()  # the buffer, then the client: every batch queued before is now settled
         forget_delivered(self.batches_in_flight)
 
@@ -620,7 +684,7 @@ def create_app(settings: StreamSettings) -> faust.App:
             next_offsets[event.message.partition] = event.message.offset + 1
 
     async def publish(answered: Sequence[Answered]) -> None:
-        """Each answer as its output message, queued with the Kafka client in one batch per partition."""
+        """Each answer as its output message, into the producer's outbox (one record batch per partition)."""
         generated_at = datetime.now(UTC)
         messages: list[Record] = []
         for item, answer, version in answered:
@@ -631,13 +695,13 @@ def create_app(settings: StreamSettings) -> faust.App:
             metrics.BUNDLES_PUBLISHED.inc(len(answer.bundles))
             for bundle in answer.bundles:
                 metrics.BUNDLE_SIZE.observe(len(bundle.items))
-        await cast(_DrainingProducer, app.producer).send_batches(settings.output_topic, messages)
+        await cast(_DrainingProducer, app.producer).outbox.put(settings.output_topic, messages)
         metrics.RECOMMENDATIONS_PUBLISHED.inc(len(answered))
 
     @app.agent(source)
     async def recommend(stream: faust.StreamT) -> None:
-        """Answer micro-batches. A batch's answers are queued with the Kafka client before its events are
-        acked, and Faust flushes the producer before it commits, so a commit covers delivered answers."""
+        """Answer micro-batches. A batch's answers are in the outbox before its events are acked, and Faust
+        flushes the producer (outbox, then client) before it commits, so a commit covers delivered answers."""
         batches = cast(BatchingStream, stream).take_batches(
             settings.batch_size, settings.batch_linger_s, settings.batch_idle_s
         )

@@ -28,6 +28,7 @@ from stream.broker import EmbeddedBroker
 from stream.schemas import load_schema
 from stream.state import UserState
 from stream.worker import (
+    AnswerOutbox,
     BatchStates,
     BundlecastApp,
     DrainingProducerBuffer,
@@ -813,3 +814,62 @@ def test_a_record_callback_that_fails_at_once_raises_as_in_the_race() -> None:
             await first_turn_then_race([callback(), asyncio.Event().wait()], CountingRace())
 
     asyncio.run(deliver())
+
+
+def test_the_answer_outbox_hands_over_in_order_and_drains_what_was_put_before_the_drain() -> None:
+    """Each hand-over takes a broker round trip here; a drain must wait for every batch put before it
+    (the commit after it covers their events) but not for batches put while it waits."""
+    handed_over: list[str] = []
+
+    async def send(topic: str, records: Any) -> None:
+        await asyncio.sleep(0.05)
+        handed_over.append(records[0][1].decode())
+
+    async def drain_while_putting() -> None:
+        outbox = AnswerOutbox(send, max_waiting=8)
+        await outbox.start()
+        try:
+            for n in range(3):
+                await outbox.put("recommendations", [(b"u", str(n).encode())])
+            draining = asyncio.create_task(outbox.drain())
+            await asyncio.sleep(0.01)
+            for n in range(3, 6):
+                await outbox.put("recommendations", [(b"u", str(n).encode())])
+            await draining
+            assert handed_over == ["0", "1", "2"]
+            await outbox.drain()
+            assert handed_over == ["0", "1", "2", "3", "4", "5"]
+        finally:
+            await outbox.stop()
+
+    asyncio.run(drain_while_putting())
+
+
+def test_the_answer_outbox_holds_back_the_agent_when_full_and_fails_drains_after_a_lost_batch() -> None:
+    release = asyncio.Event()
+
+    async def send(topic: str, records: Any) -> None:
+        await release.wait()
+        if records[0][1] == b"lost":
+            raise ConnectionError("broker gone")
+
+    async def fill_then_fail() -> None:
+        outbox = AnswerOutbox(send, max_waiting=1)
+        await outbox.start()
+        try:
+            await outbox.put("recommendations", [(b"u", b"lost")])  # taken by the hand-over task
+            await asyncio.sleep(0.01)
+            await outbox.put("recommendations", [(b"u", b"next")])  # waits in the outbox
+            blocked = asyncio.create_task(outbox.put("recommendations", [(b"u", b"third")]))
+            await asyncio.sleep(0.01)
+            assert not blocked.done()  # backpressure: the agent waits for room
+            release.set()
+            await blocked
+            with pytest.raises(RuntimeError, match="could not be handed"):
+                await outbox.drain()  # no commit may pass the lost batch
+            with pytest.raises(RuntimeError, match="could not be handed"):
+                await outbox.put("recommendations", [(b"u", b"after")])  # nor may the agent go on
+        finally:
+            await outbox.stop()
+
+    asyncio.run(fill_then_fail())
