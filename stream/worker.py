@@ -386,9 +386,9 @@ class DrainingProducerBuffer(ProducerBuffer):
     flush gives up as soon as no message has left the buffer for 0.1 s (a slow broker, a busy box) and
     ignores a message the buffer is handing over right then, so the commit could cover events whose
     answers were still buffered: a crash then lost those answers (seen as an unanswered event in the
-    recovery test). Answers and changelog records are buffered (`send_soon`), so this flush is what
-    makes delivery at-least-once. Messages buffered after the flush began are not waited for, so a
-    commit under steady load does not wait for a buffer that never empties.
+    recovery test). Changelog records and dead letters are buffered (`send_soon`), so this flush is what
+    makes them durable before a commit (answers take `AnswerOutbox`). Messages buffered after the flush
+    began are not waited for, so a commit under steady load does not wait for a buffer that never empties.
     """
 
     def __post_init__(self) -> None:
@@ -568,9 +568,9 @@ class ResumeOnceFlowControl(FlowControlEvent):
 
 class BundlecastApp(faust.App):
     """A Faust app whose Kafka consumer fetches input on the app's timing (`_InputConsumerThread`), whose
-    producer flushes every buffered message before input offsets are committed (`DrainingProducerBuffer`),
-    and whose flow control keeps buffered events when flow resumes without having been suspended
-    (`ResumeOnceFlowControl`)."""
+    producer delivers every queued answer and buffered message before input offsets are committed
+    (`_DrainingProducer`), and whose flow control keeps buffered events when flow resumes without having
+    been suspended (`ResumeOnceFlowControl`)."""
 
     def __init__(
         self, *args: Any, fetch_max_wait_ms: int, prefetch_backoff_ms: float, **options: Any
