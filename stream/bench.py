@@ -8,7 +8,6 @@ Prometheus histograms, scraped before and after each step.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+import orjson
 import pandas as pd
 from aiokafka import AIOKafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
@@ -98,7 +98,7 @@ class AnswerClock:
                     for messages in (await consumer.getmany(timeout_ms=100)).values():
                         now = time.monotonic()
                         for message in messages:
-                            answer = json.loads(message.value)
+                            answer = orjson.loads(message.value)
                             self.received.setdefault(answer["event_id"], Received(now, answer["latency_ms"]))
             finally:
                 await consumer.stop()
@@ -126,7 +126,7 @@ async def run_step(
     before = scrape(metrics_url)
 
     def note(record: Record) -> None:
-        sent[json.loads(record[1])["event_id"]] = time.monotonic()
+        sent[orjson.loads(record[1])["event_id"]] = time.monotonic()
 
     # Built before the clock starts: producers are other machines, and this one's cycles are the worker's.
     records = list(_step_records(events, count, run_id))

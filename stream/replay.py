@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import orjson
 import pandas as pd
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -100,6 +101,6 @@ async def read_topic(settings: StreamSettings, topic: str, from_beginning: bool)
     await consumer.start()
     try:
         async for message in consumer:
-            yield json.loads(message.value)
+            yield orjson.loads(message.value)
     finally:
         await consumer.stop()
