@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from model.data import read_events, read_online_retail
 from stream.config import StreamSettings
 
-Record = tuple[bytes, bytes]
+Record = tuple[bytes, bytes]  # key, value: a Kafka message as the clients here send it
 
 
 def _is_online_retail(path: Path) -> bool:

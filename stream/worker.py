@@ -51,6 +51,7 @@ from stream.config import StreamSettings
 from stream.events import Rejection, dead_letter
 from stream.models import ModelHolder
 from stream.pipeline import Admitted, Pipeline
+from stream.replay import Record
 from stream.state import UserState, sweep_expired
 from stream.topics import ensure_topics
 
@@ -61,7 +62,6 @@ LAG_INTERVAL_S = 5.0
 ANSWER_BATCHES_WAITING = 4  # micro-batches of answers queued for the Kafka client before the agent waits
 
 T = TypeVar("T")
-Record = tuple[bytes, bytes]  # key, value
 
 
 class Answered(NamedTuple):
@@ -449,8 +449,8 @@ class AnswerOutbox(Service):
     """Micro-batches of answers on their way to the Kafka client, handed over in order by one task.
 
     aiokafka sends one request per broker at a time and queues one record batch per partition behind it,
-    so handing answers over waits for the previous request's round trip: under load, a third of the
-    agent's cycle. Queued here instead, they are handed over while the agent answers the next micro-batch.
+    so handing answers over waits for the previous request's round trip: under load, up to a third of
+    the agent's cycle. Queued here instead, they are handed over while the agent answers the next micro-batch.
     At most `max_waiting` batches wait; then `put` waits (backpressure). `drain`, which runs before every
     commit, waits for every batch put before it (not for later ones: under load the outbox never empties)
     and raises if one failed, so commits still cover handed-over answers only.
