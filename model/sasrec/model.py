@@ -75,16 +75,17 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.dim, config.dim)
         self.dropout = config.dropout
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
-        batch, length, dim = x.shape
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """Attention output at every position, or with `last_only` at the latest one only (B, 1, d)."""
+        batch, _, dim = x.shape
         q, k, v = self.qkv(x).split(dim, dim=2)
-        q, k, v = (
-            t.view(batch, length, self.n_heads, dim // self.n_heads).transpose(1, 2) for t in (q, k, v)
-        )
+        if last_only:
+            q, attn_mask = q[:, -1:], attn_mask[..., -1:, :]
+        q, k, v = (t.view(batch, -1, self.n_heads, dim // self.n_heads).transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )
-        return self.proj(y.transpose(1, 2).reshape(batch, length, dim))
+        return self.proj(y.transpose(1, 2).reshape(batch, -1, dim))
 
 
 class Block(nn.Module):
@@ -101,8 +102,11 @@ class Block(nn.Module):
         )
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.dropout(self.attn(self.ln_1(x), attn_mask))
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """The block's output at every position, or with `last_only` at the latest one (B, 1, d): its
+        keys and values still come from every position, but nothing else does."""
+        attended = self.attn(self.ln_1(x), attn_mask, last_only)
+        x = (x[:, -1:] if last_only else x) + self.dropout(attended)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -123,8 +127,12 @@ class SASRec(nn.Module):
         nn.init.normal_(self.type_emb.weight, std=0.02)
         nn.init.normal_(self.pos_emb.weight, std=0.02)
 
-    def hidden(self, items: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
-        """Per-position session vectors (B, L, d) for left-padded inputs; position t sees events <= t only."""
+    def hidden(self, items: torch.Tensor, types: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """Per-position session vectors (B, L, d) for left-padded inputs; position t sees events <= t only.
+
+        With `last_only`, (B, 1, d) at the latest position: serving needs no other, and the last block
+        then runs its attention queries, projection and MLP for one position instead of L (the demo
+        model's one-block forward of a micro-batch's leave-one-out variants: 3-5x faster, BENCHMARKS)."""
         _, length = items.shape
         valid = items != PAD
         positions = (valid.cumsum(1) - 1).clamp(min=0, max=self.config.max_len - 1)
@@ -134,8 +142,9 @@ class SASRec(nn.Module):
         # Keys must be real events; every query may see itself, so padded rows never attend to nothing (NaN).
         attn_mask = (causal & valid[:, None, :]) | torch.eye(length, dtype=torch.bool, device=items.device)
         attn_mask = attn_mask.unsqueeze(1)
-        for block in self.blocks:
-            x = block(x, attn_mask)
+        last_block = len(self.blocks) - 1
+        for depth, block in enumerate(self.blocks):
+            x = block(x, attn_mask, last_only and depth == last_block)
         return self.ln_f(x)
 
     @property
@@ -160,7 +169,7 @@ class SASRec(nn.Module):
     def encode_last(self, items: torch.Tensor, types: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """For left-padded histories: session vectors (B, d) at the latest event, and the repeat bonus
         (B, L) of each history position for that prediction (0 on padding)."""
-        hidden = self.hidden(items, types)[:, -1]
+        hidden = self.hidden(items, types, last_only=True)[:, -1]
         length = items.shape[1]
         distance = (length - 1 - torch.arange(length, device=items.device)).expand_as(items)
         gate = self.repeat_gate(hidden)  # (B, 1): broadcasts over the history positions

@@ -51,6 +51,20 @@ def test_a_position_sees_the_same_thing_in_training_and_at_inference(model: SASR
     torch.testing.assert_close(in_training, at_inference)
 
 
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_the_last_position_alone_is_the_last_position_of_the_full_pass(n_layers: int) -> None:
+    """Serving runs the last block for the latest position only; it must be what the full pass says there."""
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(n_items=30, max_len=8, dim=16, n_layers=n_layers, dropout=0.0)).eval()
+    items = torch.tensor([[PAD, PAD, 3, 5, 7], [4, 9, 9, 2, 6], [PAD, PAD, PAD, PAD, 8]])
+    types = torch.where(items != PAD, torch.tensor([[1, 2, 1, 3, 4]]), PAD)
+    with torch.no_grad():
+        last = model.hidden(items, types, last_only=True)
+        full = model.hidden(items, types)
+    assert last.shape == (3, 1, 16)
+    torch.testing.assert_close(last[:, 0], full[:, -1])
+
+
 def test_left_padding_does_not_change_the_session_vector(model: SASRec) -> None:
     short = torch.tensor([[3, 5, 7]])
     padded = torch.tensor([[PAD, PAD, PAD, 3, 5, 7]])
