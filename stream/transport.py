@@ -176,6 +176,19 @@ class InputConsumer(faust_aiokafka.Consumer):
                 yield tp, message
 
 
+async def wait_for_hand_overs(
+    service: Service, handed_over: Callable[[], int], target: int, progress: asyncio.Event, left: str
+) -> None:
+    """Return once `handed_over()` reaches `target`: what a flush before a commit waits for, everything
+    put before it. Items are handed over in order, each setting `progress`. Raises if `service` stops or
+    crashes first (`left` names what is then still waiting), so that no commit passes it.
+    """
+    while handed_over() < target:
+        progress.clear()
+        if await service.wait_for_stopped(progress):
+            raise RuntimeError(f"{type(service).__name__} stopped with {target - handed_over()} {left}")
+
+
 class DrainingProducerBuffer(ProducerBuffer):
     """Faust's producer buffer, with a `flush` that returns only once every message buffered before it
     was called is with the Kafka client.
@@ -208,13 +221,10 @@ class DrainingProducerBuffer(ProducerBuffer):
         if self.state != "running" or (self.app is not None and self.app.conf.producer_threaded):
             await super().flush()
             return
-        flushed = self.buffered
-        while self.handed_over < flushed:
-            self.message_sent.clear()  # set by the buffer's sender after each message
-            if await self.wait_for_stopped(self.message_sent):  # stopped or crashed meanwhile
-                raise RuntimeError(
-                    f"producer buffer stopped with {flushed - self.handed_over} messages unsent"
-                )
+        # `message_sent` is set by the buffer's sender after each message.
+        await wait_for_hand_overs(
+            self, lambda: self.handed_over, self.buffered, self.message_sent, "messages unsent"
+        )
 
 
 def by_partition(records: Iterable[Record], partitions: Sequence[int]) -> dict[int, list[Record]]:
@@ -283,11 +293,9 @@ class AnswerOutbox(Service):
             self.progress.set()
 
     async def drain(self) -> None:
-        target = self.put_count
-        while self.handed_over < target:
-            self.progress.clear()
-            if await self.wait_for_stopped(self.progress):
-                raise RuntimeError(f"answer outbox stopped with {target - self.handed_over} batches waiting")
+        await wait_for_hand_overs(
+            self, lambda: self.handed_over, self.put_count, self.progress, "batches waiting"
+        )
         self._raise_failure()
 
     def _raise_failure(self) -> None:
