@@ -11,8 +11,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
+from typing import Annotated
 
-from pydantic import TypeAdapter
+from pydantic import Field, TypeAdapter
 
 from model import Recommender
 from model.bundles import ExplainedBundle, explained_bundles
@@ -28,6 +29,7 @@ Ranked = list[tuple[str, float]]
 class Answer:
     items: tuple[ExplainedItem, ...]
     bundles: tuple[ExplainedBundle, ...] = field(default=())
+    cold_start: Annotated[bool, Field(exclude=True)] = False  # answered by popularity (a metric, not JSON)
 
     @cached_property
     def content_json(self) -> bytes:
@@ -59,13 +61,14 @@ def compose_answers(
     candidates: Sequence[Ranked],
     bundle_count: int,
     bundle_size: int,
+    cold: Sequence[int] = (),
 ) -> list[Answer]:
     """The final answers of a batch: every ranking explained, and up to `bundle_count` bundles per user.
 
     Purchased items never enter a bundle; cart items anchor bundles (and stay in them: the bundle is
     what completes the cart). An artifact without a complement model offers no bundles. Attribution
     read-out and assembly are timed together as the `bundles` stage (what an answer costs on top of
-    retrieval).
+    retrieval). The answers at positions `cold` are marked as popularity's.
     """
     with metrics.observe_stage("bundles"):
         items = explain_items(recommender, attribution, rankings)
@@ -81,7 +84,11 @@ def compose_answers(
                 n=bundle_count,
                 size=bundle_size,
             )
-    return [Answer(tuple(i), tuple(b)) for i, b in zip(items, offered, strict=True)]
+    cold_positions = set(cold)
+    return [
+        Answer(tuple(i), tuple(b), position in cold_positions)
+        for position, (i, b) in enumerate(zip(items, offered, strict=True))
+    ]
 
 
 @dataclass(slots=True)

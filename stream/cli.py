@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from index.cli import app as index_app
 from model.cli import register as register_model_commands
@@ -38,9 +39,14 @@ LOG_LEVEL = typer.Option("warning", help="Worker log level (debug, info, warning
 @settings_options
 def worker(settings: StreamSettings, log_level: str = LOG_LEVEL) -> None:
     """Run a stream worker: clickstream in, recommendations out (creates its topics if missing)."""
+    from stream.topics import BrokerConnectionError
     from stream.worker import run_worker
 
-    run_worker(settings, log_level)
+    try:
+        run_worker(settings, log_level)
+    except BrokerConnectionError as error:
+        console.print(f"[red]error:[/] {escape(str(error))}", soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -63,6 +69,30 @@ def replay(
             produce_at_rate(settings, event_records(events), rate, lambda record: bar.update())
         )
     console.print(f"sent {sent:,} events to {settings.input_topic}")
+
+
+@app.command()
+@settings_options
+def forget(
+    settings: StreamSettings,
+    user_ids: list[str] = typer.Argument(..., help="User ids to erase, as in the events' user_id."),
+) -> None:
+    """Erase users (GDPR art. 17): their session state and its changelog entries, on every worker.
+
+    Sends a forget request per user to every input partition; the worker holding the user deletes the
+    state and tombstones it where it is stored, and the user's next event starts from nothing.
+    Recommendations and dead letters already published age out with their topics' retention.
+    """
+    from stream.replay import request_erasure
+
+    too_long = [user for user in user_ids if not user or len(user) > settings.max_id_chars]
+    if too_long:
+        console.print(f"[red]error:[/] user ids must have 1 to {settings.max_id_chars} characters")
+        raise typer.Exit(2)
+    partitions = asyncio.run(request_erasure(settings, user_ids))
+    console.print(
+        f"forget requested for {len(user_ids):,} users on {partitions} partitions of {settings.input_topic}"
+    )
 
 
 @app.command()

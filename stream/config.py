@@ -58,6 +58,13 @@ class StreamSettings(BaseSettings):
         "record per batch, which state recovery on Tansu needs: its ListOffsets reports a multi-record "
         "batch's end as base offset + 1.",
     )
+    recovery_consistency_check: bool = Field(
+        False,
+        description="Refuse to start when a partition's local state is ahead of its changelog's end "
+        "(Faust's check). Off: a worker that refuses to start is the worst failure, and after a crash the "
+        "local RocksDB state is the newest copy of the partitions it held. Tansu reports a multi-record "
+        "batch's end as base offset + 1, so with the check on every kill -9 became a restart crash loop.",
+    )
     app_id: str = Field(
         "bundlecast", description="Consumer group id and prefix of the state changelog topic."
     )
@@ -117,6 +124,29 @@ class StreamSettings(BaseSettings):
     bundle_size: int = Field(3, ge=2, le=4, description="Items per bundle.")
     max_payload_bytes: int = Field(64 * 1024, ge=1, description="Larger input messages go to the DLQ.")
     max_id_chars: int = Field(256, ge=1, description="Longer event, user, item or session ids go to the DLQ.")
+    dlq_payload_bytes: int = Field(
+        1024,
+        ge=0,
+        description="Bytes of the original key and value a dead letter keeps (with the value's size and "
+        "SHA-256, and its topic, partition and offset to find the rest).",
+    )
+    output_retention_ms: int = Field(
+        7 * 24 * 3600 * 1000,
+        ge=-1,
+        description="retention.ms of the recommendations topic when the worker creates it (-1: forever). "
+        "Answers name their user, so they should not outlive the sessions they came from.",
+    )
+    dlq_retention_ms: int = Field(
+        7 * 24 * 3600 * 1000,
+        ge=-1,
+        description="retention.ms of the dead-letter topic when the worker creates it (-1: forever).",
+    )
+    liveness_stall_s: float = Field(
+        60.0,
+        gt=0,
+        description="/healthz reports the worker dead once it has had input waiting for this long without "
+        "handling any of it.",
+    )
     session_max_events: int = Field(50, ge=1, description="Most recent events kept per user.")
     session_gap_s: float = Field(
         1800.0,

@@ -8,11 +8,14 @@ query exactly these names, and `tests/deploy` checks that they stay in sync.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from contextlib import suppress
-from typing import Literal, get_args
+from socketserver import ThreadingMixIn
+from typing import Any, Literal, get_args
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import Counter, Gauge, Histogram, Info, disable_created_metrics, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, Info, disable_created_metrics, make_wsgi_app
 from prometheus_client.context_managers import Timer
 
 from model.data import EVENT_TYPES
@@ -52,7 +55,7 @@ EVENTS_CONSUMED = Counter(
 )
 DLQ_EVENTS = Counter(
     "bundlecast_dlq_events_total",
-    "Malformed input messages sent to the dead-letter topic, by reason.",
+    "Input messages sent to the dead-letter topic, by reason (each once, also when its batch is retried).",
     ["reason"],
 )
 RECOMMENDATIONS_PUBLISHED = Counter(
@@ -78,6 +81,9 @@ STAGE_DURATION = Histogram(
 )
 SESSION_STATE_ENTRIES = Gauge(
     "bundlecast_session_state_entries", "User sessions currently held in this worker's state store."
+)
+USERS_ERASED = Counter(
+    "bundlecast_users_erased_total", "Forget requests carried out (state and changelog entries deleted)."
 )
 SESSION_EXPIRATIONS = Counter(
     "bundlecast_session_expirations_total", "User sessions dropped after the inactivity timeout."
@@ -128,6 +134,28 @@ def forget_partitions(topic: str, partitions: Iterable[int]) -> None:
             CONSUMER_LAG.remove(topic, str(partition))
 
 
-def start_metrics_server(port: int, addr: str = "0.0.0.0") -> None:
-    """Serve `/metrics` for Prometheus from a daemon thread, beside the worker's event loop."""
-    start_http_server(port, addr=addr)
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # Prometheus scrapes every few seconds
+        pass
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+def start_metrics_server(
+    port: int, addr: str = "0.0.0.0", liveness: Callable[[], tuple[bool, str]] | None = None
+) -> None:
+    """Serve `/metrics` for Prometheus, and `/healthz` (200 alive, 503 not, one line why) for Kubernetes,
+    from a daemon thread beside the worker's event loop."""
+    exposition = make_wsgi_app()
+
+    def route(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == "/healthz":
+            alive, reason = liveness() if liveness is not None else (True, "ok")
+            start_response("200 OK" if alive else "503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [reason.encode() + b"\n"]
+        return exposition(environ, start_response)
+
+    server = make_server(addr, port, route, _ThreadingWSGIServer, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()

@@ -58,7 +58,7 @@ class ModelHolder:
         settle_heap()
         metrics.set_model_version(self.current.version, len(self.current.vocab))
         self._lock = asyncio.Lock()
-        self._failed: tuple[Path, float] | None = None  # a version that failed to load, as it was then
+        self._failed: object = None  # the last failure: a version as it was on disk, or an error's text
 
     def pending_version(self) -> Path | None:
         """The version directory that should answer, when it differs from the current one."""
@@ -68,30 +68,35 @@ class ModelHolder:
     async def reload_if_changed(self) -> bool:
         """Load and swap in a newer version if there is one; on failure keep the current model.
 
-        A version that failed is not loaded and logged again (every poll would repeat the same error) until
-        it changes on disk or another one is published, but each poll that finds it still counts as a
-        failure, so the reload-failure alert keeps firing while the published version cannot be served."""
+        A failure is logged once: a version that failed to load is not loaded again until it changes on
+        disk or another one is published, and a LATEST that cannot be resolved (it names a missing version)
+        is not logged again while it fails the same way. Each poll that finds the failure still counts,
+        so the reload-failure alert keeps firing while the published version cannot be served."""
         async with self._lock:
-            attempt = None
+            attempt: object = None
             try:
                 target = self.pending_version()
                 if target is None:
+                    self._failed = None
                     return False
                 attempt = (target, max(entry.stat().st_mtime for entry in target.iterdir()))
                 if attempt == self._failed:
                     metrics.MODEL_RELOAD_FAILURES.inc()
                     return False
                 loaded = await asyncio.to_thread(load_warm, target)
-            except Exception:
-                self._failed = attempt
+            except Exception as error:
+                failure = attempt if attempt is not None else f"{type(error).__name__}: {error}"
                 metrics.MODEL_RELOAD_FAILURES.inc()
-                log.exception(
-                    "model reload from %s failed; version %s keeps answering",
-                    self.model_dir,
-                    self.current.version,
-                )
+                if failure != self._failed:
+                    log.exception(
+                        "model reload from %s failed; version %s keeps answering",
+                        self.model_dir,
+                        self.current.version,
+                    )
+                self._failed = failure
                 return False
             previous, self.current = self.current.version, loaded
+            self._failed = None
             settle_heap()
             metrics.MODEL_RELOADS.inc()
             metrics.set_model_version(loaded.version, len(loaded.vocab))

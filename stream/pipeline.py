@@ -11,6 +11,7 @@ them with dicts.
 from __future__ import annotations
 
 from collections.abc import MutableMapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 
 from model import Recommender
@@ -19,7 +20,7 @@ from model.explain import attribute
 from stream import metrics
 from stream.answer import Answer, Ranked, compose_answers, popular
 from stream.config import StreamSettings
-from stream.events import ClickEvent, Limits, Rejection, parse_event
+from stream.events import ClickEvent, ForgetRequest, Limits, Rejection, parse_event
 from stream.popularity import DecayedPopularity
 from stream.state import StateLimits, UserState, apply_event
 
@@ -51,13 +52,17 @@ class Pipeline:
         states: MutableMapping[str, UserState],
         arrived: float,
         now: float,
-    ) -> Admitted | Rejection:
-        """Validate one message; a valid one updates its user's state (`states`, keyed by user_id)."""
+    ) -> Admitted | ForgetRequest | Rejection:
+        """Validate one message; a valid event updates its user's state (`states`, keyed by user_id), and
+        a forget request deletes it. Counts nothing: a batch that fails is retried, so the caller counts
+        once the batch is through."""
         parsed = parse_event(key, value, self.limits)
         if isinstance(parsed, Rejection):
-            metrics.DLQ_EVENTS.labels(reason=parsed.reason).inc()
             return parsed
-        metrics.EVENTS_CONSUMED.labels(type=parsed.type).inc()
+        if isinstance(parsed, ForgetRequest):
+            with suppress(KeyError):
+                del states[parsed.user_id]
+            return parsed
         state, applied = apply_event(states.get(parsed.user_id, UserState()), parsed, now, self.state_limits)
         if applied:
             states[parsed.user_id] = state
@@ -74,18 +79,15 @@ class Pipeline:
         last_state: dict[str, UserState] = {}
         for admitted in batch:
             last_state[admitted.event.user_id] = admitted.state
-        users = list(last_state)
-        answers, cold = self._answer_states(recommender, list(last_state.values()), now)
-        by_user = dict(zip(users, answers, strict=True))
-        cold_users = {users[i] for i in cold}
-        metrics.COLD_START_ANSWERS.inc(sum(admitted.event.user_id in cold_users for admitted in batch))
+        answers = self._answer_states(recommender, list(last_state.values()), now)
+        by_user = dict(zip(last_state, answers, strict=True))
         return [by_user[admitted.event.user_id] for admitted in batch]
 
     def _answer_states(
         self, recommender: Recommender, states: Sequence[UserState], now: float
-    ) -> tuple[list[Answer], list[int]]:
-        """One answer per state, and the positions of those answered by popularity: the model for states
-        with a known item, popularity otherwise; then explanations for all and bundles for states with a
+    ) -> list[Answer]:
+        """One answer per state: the model for states with a known item, popularity otherwise (marked
+        `cold_start`); then explanations for all and bundles for states with a
         known item (batched, see stream.answer).
 
         Purchased and in-cart items are excluded by the search itself, so its top k are the answer.
@@ -112,7 +114,6 @@ class Pipeline:
             )
             for i in cold:
                 rankings[i] = popular(sources, states[i].excluded, self.k)
-        answers = compose_answers(
-            recommender, states, rankings, attribution, candidates, self.bundle_count, self.bundle_size
+        return compose_answers(
+            recommender, states, rankings, attribution, candidates, self.bundle_count, self.bundle_size, cold
         )
-        return answers, cold

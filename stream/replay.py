@@ -1,6 +1,6 @@
-"""Replaying a dataset into the input topic at a fixed rate, and reading the output topic.
+"""Replaying a dataset into the input topic at a fixed rate, erasure requests, and reading the output topic.
 
-Used by `bundlecast replay`, `tail`, `demo` and `bench`, against any broker.
+Used by `bundlecast replay`, `forget`, `tail`, `demo` and `bench`, against any broker.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import gzip
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
 import orjson
@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from model.data import read_events, read_online_retail
 from stream.config import StreamSettings
+from stream.events import FORGET
 
 Record = tuple[bytes, bytes]  # key, value: a Kafka message as the clients here send it
 
@@ -91,6 +92,32 @@ async def produce_at_rate(
     finally:
         await producer.stop()
     return sent
+
+
+async def request_erasure(settings: StreamSettings, user_ids: Sequence[str]) -> int:
+    """Send a forget request for each user to every partition of the input topic; return the partitions.
+
+    Every partition, not only the one this client's partitioner picks for the key: a user's state is in
+    the partition of the events that wrote it, which the shop's producer chose. A worker that gets the
+    request deletes the user from every partition it holds (`stream.sessions`)."""
+    producer = AIOKafkaProducer(**settings.aiokafka_options())
+    await producer.start()
+    try:
+        partitions = sorted(await producer.partitions_for(settings.input_topic))
+        run_id = secrets.token_hex(4)
+        for n, user_id in enumerate(user_ids):
+            body = {"event_id": f"forget-{run_id}-{n}", "user_id": user_id, "type": FORGET}
+            for partition in partitions:
+                await producer.send(
+                    settings.input_topic,
+                    key=user_id.encode("utf-8"),
+                    value=json.dumps(body).encode("utf-8"),
+                    partition=partition,
+                )
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return len(partitions)
 
 
 async def read_topic(settings: StreamSettings, topic: str, from_beginning: bool) -> AsyncIterator[dict]:

@@ -8,14 +8,18 @@ purchases have caps, and a user idle for `state_ttl_s` is deleted altogether.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
+
+import orjson
 
 from stream.events import ClickEvent
 
-EXPIRY_CHUNK = 500  # stored states checked between yields to the event loop
+SWEEP_SLICE_S = 0.001  # the expiry sweep works this long at a time (bench/sweep_latency.py)
+SWEEP_PAUSES = 4  # slices' worth of time it then leaves the event loop to answering: a fifth of the loop
+CLOCK_EVERY = 64  # states scanned between clock reads
 
 
 @dataclass(frozen=True)
@@ -144,33 +148,63 @@ def is_expired(state_json: dict[str, Any], now: float, ttl_s: float) -> bool:
     return now - float(state_json.get("updated_at", 0.0)) > ttl_s
 
 
+Stored = Iterator[tuple[bytes, bytes]]  # (user_id, JSON state) in key order, as RocksDB iterates
+
+
+class Slice(NamedTuple):
+    idle: list[bytes]
+    seen: int
+    resume_at: bytes | None
+
+
+def scan_slice(stored: Stored, ttl_s: float, clock: Callable[[], float], slice_s: float) -> Slice:
+    """Scan `stored` for idle states until `slice_s` has passed.
+
+    Returns the idle keys, how many states were seen, and the first key not yet seen (None: none left),
+    from which the next slice starts a fresh iterator.
+    """
+    started = now = clock()
+    idle: list[bytes] = []
+    seen = 0
+    for key, value in stored:
+        if now - started >= slice_s:
+            return Slice(idle, seen, key)
+        seen += 1
+        if is_expired(orjson.loads(value), now, ttl_s):
+            idle.append(key)
+        if seen % CLOCK_EVERY == 0:
+            now = clock()
+    return Slice(idle, seen, None)
+
+
 async def sweep_expired(
-    stored: Iterable[tuple[bytes, dict[str, Any]]],
-    reread: Callable[[bytes], dict[str, Any] | None],
-    delete: Callable[[bytes], None],
+    partitions: Iterable[int],
+    stored_from: Callable[[int, bytes | None], Stored | None],
+    delete: Callable[[int, bytes], None],
     clock: Callable[[], float],
     ttl_s: float,
-    chunk: int = EXPIRY_CHUNK,
+    slice_s: float = SWEEP_SLICE_S,
 ) -> tuple[int, int]:
     """Delete every stored state idle for longer than the TTL; returns (states seen, states deleted).
 
-    The sweep shares the worker's event loop with answering, so it yields every `chunk` states: a table
-    of millions of users costs many short pauses, not one stall of seconds. A user found idle is read
-    again right before deletion, because their events may have arrived while the sweep was paused.
+    The sweep shares the worker's event loop with answering, so it works in slices of `slice_s` and
+    pauses `SWEEP_PAUSES` times as long between them: a table of millions of users costs many short
+    delays of at most a slice, never a stall.
+    `stored_from(partition, key)` iterates one partition from a key, or is None once the partition is no
+    longer this worker's (a rebalance during the pause); no iterator and no view of Faust's partition map
+    lives across a pause, so a rebalance cannot change what a slice iterates. A state is checked and
+    deleted in the same slice, so an event arriving during a pause is never deleted with its user.
     """
-    seen, idle = 0, []
-    for key, value in stored:
-        seen += 1
-        if is_expired(value, clock(), ttl_s):
-            idle.append(key)
-        if seen % chunk == 0:
-            await asyncio.sleep(0)
-    deleted = 0
-    for done, key in enumerate(idle, start=1):
-        current = reread(key)
-        if current is not None and is_expired(current, clock(), ttl_s):
-            delete(key)
-            deleted += 1
-        if done % chunk == 0:
-            await asyncio.sleep(0)
+    seen = deleted = 0
+    for partition in list(partitions):
+        resume_at: bytes | None = None
+        while (stored := stored_from(partition, resume_at)) is not None:
+            part = scan_slice(stored, ttl_s, clock, slice_s)
+            for key in part.idle:
+                delete(partition, key)
+            seen, deleted = seen + part.seen, deleted + len(part.idle)
+            await asyncio.sleep(slice_s * SWEEP_PAUSES)
+            if part.resume_at is None:
+                break
+            resume_at = part.resume_at
     return seen, deleted

@@ -22,16 +22,18 @@ from typing import Any, NamedTuple, TypeVar, cast
 import faust
 from faust.streams import _current_event
 from faust.types import EventT
+from mode import CrashingSupervisor
 from mode.utils.aiter import aiter
 from mode.utils.futures import notify
 
 from stream import metrics
 from stream.answer import Answer, recommendation_message
 from stream.config import StreamSettings
-from stream.events import Rejection, dead_letter
+from stream.events import DlqReason, ForgetRequest, Rejection, dead_letter
+from stream.health import Liveness
 from stream.models import ModelHolder
 from stream.pipeline import Admitted, Pipeline
-from stream.replay import Record
+from stream.sessions import SessionPartitions
 from stream.state import UserState, sweep_expired
 from stream.topics import ensure_topics
 from stream.transport import BundlecastApp, DrainingProducer
@@ -44,12 +46,13 @@ LAG_INTERVAL_S = 5.0
 T = TypeVar("T")
 
 
-class Answered(NamedTuple):
-    """An admitted event with its answer and the model version that answered it, ready to publish."""
+class Outgoing(NamedTuple):
+    """An answered event's output record (key, value), with what its metrics need once it is published."""
 
-    item: Admitted
+    key: bytes
+    value: bytes
+    arrived: float  # time.monotonic() when its event reached the worker
     answer: Answer
-    version: str
 
 
 @contextmanager
@@ -104,7 +107,7 @@ class BatchingStream(faust.Stream):
     """A Faust stream whose micro-batches close when the input pauses, not after a fixed wait."""
 
     async def take_batches(
-        self, max_events: int, linger_s: float, idle_s: float
+        self, max_events: int, linger_s: float, idle_s: float, on_input: Callable[[], None] = lambda: None
     ) -> AsyncIterator[list[EventT]]:
         """Batches of events, each closed as soon as it holds `max_events`, when no event has arrived
         for `idle_s`, or a window after its first event (`batch_window`: the last batch's handling time,
@@ -114,7 +117,7 @@ class BatchingStream(faust.Stream):
         per-event pace (a few per millisecond), so a short wait gives small batches under load and a
         long one delays every event at low rates. Waiting only while events keep coming gives both:
         a batch grows while there is a backlog and goes out as soon as the input pauses. The buffering
-        and acking are `take_events`' own.
+        and acking are `take_events`' own. `on_input` is called for every event that joins a batch.
         """
         events: list[EventT] = []
         arrived, full, consumed = asyncio.Event(), asyncio.Event(), asyncio.Event()
@@ -132,6 +135,7 @@ class BatchingStream(faust.Stream):
                 if event is None:
                     raise RuntimeError("the batch buffer found no current event")
                 events.append(event)
+                on_input()
                 arrived.set()
                 if len(events) >= max_events:
                     full.set()
@@ -177,18 +181,23 @@ class BatchStates(MutableMapping[str, UserState]):
 
     The table holds JSON under the user_id's UTF-8 bytes. A user with several events in a batch is
     read from RocksDB and decoded once, and written (RocksDB and changelog) once, with their last state,
-    under their last event's partition. Nothing is committed before the batch is written back, so
+    under their last event's partition. A deleted user (a forget request) is erased with `erase` wherever
+    their state is, before the batch's writes. Nothing is committed before the batch is written back, so
     at-least-once delivery is unchanged.
     """
 
-    def __init__(self, table: MutableMapping[bytes, Any]) -> None:
+    def __init__(self, table: MutableMapping[bytes, Any], erase: Callable[[bytes], object]) -> None:
         self.table = table
+        self.erase = erase
         self.read: dict[str, UserState] = {}
         self.pending: dict[str, EventT] = {}  # users written in this batch -> their last event
+        self.erased: set[str] = set()  # users deleted in this batch (before any write of theirs)
         self.event: EventT | None = None  # the event being admitted (set by the caller)
 
     def __getitem__(self, user_id: str) -> UserState:
         if user_id not in self.read:
+            if user_id in self.erased:
+                raise KeyError(user_id)
             with event_context(self.event) if self.event is not None else nullcontext():
                 stored = self.table.get(user_id.encode("utf-8"))
             if stored is None:
@@ -203,7 +212,10 @@ class BatchStates(MutableMapping[str, UserState]):
         self.pending[user_id] = self.event
 
     def __delitem__(self, user_id: str) -> None:
-        raise TypeError("sessions are deleted by expiry, never within a batch")
+        """Erase the user, whether or not a state is found: it may be in another partition held here."""
+        self.read.pop(user_id, None)
+        self.pending.pop(user_id, None)
+        self.erased.add(user_id)
 
     def __iter__(self) -> Iterator[str]:
         return (key.decode("utf-8") for key in self.table)
@@ -212,6 +224,9 @@ class BatchStates(MutableMapping[str, UserState]):
         return len(self.table)
 
     def write_back(self) -> None:
+        for user_id in self.erased:
+            self.erase(user_id.encode("utf-8"))
+        self.erased.clear()
         for user_id, event in self.pending.items():
             with event_context(event):
                 self.table[user_id.encode("utf-8")] = self.read[user_id].to_json()
@@ -233,8 +248,9 @@ def _credentials(settings: StreamSettings) -> faust.types.auth.CredentialsT | No
     return None
 
 
-def create_app(settings: StreamSettings) -> faust.App:
-    """Create the topics, load the model, and wire the Faust app (not started)."""
+def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
+    """Create the topics, load the model, and wire the Faust app (not started); `liveness` learns of
+    waiting input and handled batches."""
     bootstrap = settings.aiokafka_options()["bootstrap_servers"]
     partitions = asyncio.run(ensure_topics(settings))
     models = ModelHolder(settings.model_dir)
@@ -256,6 +272,7 @@ def create_app(settings: StreamSettings) -> faust.App:
         broker_rebalance_timeout=settings.kafka_session_timeout_s,
         broker_heartbeat_interval=settings.kafka_session_timeout_s / 6,
         broker_commit_interval=settings.commit_interval_s,
+        recovery_consistency_check=settings.recovery_consistency_check,
         producer_max_batch_size=settings.producer_max_batch_bytes,
         # Our messages are JSON we build and validate ourselves; Faust only moves bytes.
         key_serializer="raw",
@@ -265,12 +282,20 @@ def create_app(settings: StreamSettings) -> faust.App:
     dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
     # bytes keys are stored raw (the user_id's UTF-8, as in the input's key); values are JSON.
     sessions = app.Table(SESSIONS_TABLE, partitions=partitions, key_type=bytes)
+    held = SessionPartitions(sessions)
     next_offsets: dict[int, int] = {}
 
-    def letter_for(event: EventT, rejection: Rejection) -> bytes:
+    def letter_for(event: EventT, rejection: Rejection) -> tuple[bytes | None, bytes]:
         message = event.message
         source_position = (message.topic, message.partition, message.offset)
-        return dead_letter(message.key, message.value, rejection, source_position, datetime.now(UTC))
+        return dead_letter(
+            message.key,
+            message.value,
+            rejection,
+            source_position,
+            datetime.now(UTC),
+            settings.dlq_payload_bytes,
+        )
 
     def dead_letter_failure(event: EventT, error: Exception) -> None:
         """A valid event that could not be answered: logged, and dead-lettered with the error."""
@@ -282,65 +307,90 @@ def create_app(settings: StreamSettings) -> faust.App:
             exc_info=error,
         )
         metrics.DLQ_EVENTS.labels(reason="processing_error").inc()
-        rejection = Rejection("processing_error", f"{type(error).__name__}: {error}")
-        dlq.send_soon(key=event.message.key, value=letter_for(event, rejection))
+        key, letter = letter_for(event, Rejection("processing_error", f"{type(error).__name__}: {error}"))
+        dlq.send_soon(key=key, value=letter)
+        next_offsets[event.message.partition] = event.message.offset + 1
 
-    def answer_batch(events: Sequence[EventT], answered: list[Answered]) -> None:
-        """Admit and answer `events`, dead-letter the malformed ones: all at the end, so that a failed
-        attempt (retried in halves) sends no letter and adds no answer to `answered`."""
+    def answer_batch(events: Sequence[EventT], outgoing: list[Outgoing]) -> None:
+        """Admit and answer `events` down to their output messages, dead-letter the malformed ones, count
+        them: all at the end, so that a failed attempt (retried in halves) sends no letter, adds nothing
+        to `outgoing` and counts nothing. Every step that depends on a message's content runs here,
+        inside the isolation of `handle_isolating_failures`; what is left to publish is bytes."""
         now, started = time.time(), time.monotonic()
         admitted: list[Admitted] = []
-        letters: list[tuple[bytes | None, bytes]] = []
-        states = BatchStates(sessions)
+        letters: list[tuple[tuple[bytes | None, bytes], DlqReason]] = []
+        erased = 0
+        states = BatchStates(sessions, held.erase)
         with metrics.observe_stage("state"):
             for event in events:
                 message = event.message
                 states.event = event
                 outcome = pipeline.admit(message.key, message.value, states, message.time_in or started, now)
                 if isinstance(outcome, Rejection):
-                    letters.append((message.key, letter_for(event, outcome)))
+                    letters.append((letter_for(event, outcome), outcome.reason))
+                elif isinstance(outcome, ForgetRequest):
+                    erased += 1
                 else:
                     admitted.append(outcome)
             states.write_back()
         recommender = models.current  # one version answers the whole batch
         answers = pipeline.answer(recommender, admitted, now) if admitted else []
-        for key, letter in letters:
-            dlq.send_soon(key=key, value=letter)
-        answered.extend(
-            Answered(item, answer, recommender.version)
+        generated_at = datetime.now(UTC)
+        messages = [
+            Outgoing(
+                item.event.user_id.encode("utf-8"),
+                recommendation_message(
+                    item.event,
+                    recommender.version,
+                    answer,
+                    generated_at,
+                    (time.monotonic() - item.arrived) * 1e3,
+                ),
+                item.arrived,
+                answer,
+            )
             for item, answer in zip(admitted, answers, strict=True)
-        )
+        ]
+        for (key, letter), reason in letters:
+            dlq.send_soon(key=key, value=letter)
+            metrics.DLQ_EVENTS.labels(reason=reason).inc()
+        for item, answer in zip(admitted, answers, strict=True):
+            metrics.EVENTS_CONSUMED.labels(type=item.event.type).inc()
+            metrics.COLD_START_ANSWERS.inc(answer.cold_start)
+        metrics.USERS_ERASED.inc(erased)
+        outgoing.extend(messages)
         metrics.BATCH_SIZE.observe(len(events))
         for event in events:
             next_offsets[event.message.partition] = event.message.offset + 1
 
-    async def publish(answered: Sequence[Answered]) -> None:
-        """Each answer as its output message, into the producer's outbox (one record batch per partition)."""
-        generated_at = datetime.now(UTC)
-        messages: list[Record] = []
-        for item, answer, version in answered:
-            latency_s = time.monotonic() - item.arrived
-            body = recommendation_message(item.event, version, answer, generated_at, latency_s * 1e3)
-            messages.append((item.event.user_id.encode("utf-8"), body))
-            metrics.END_TO_END_LATENCY.observe(latency_s)
-            metrics.BUNDLES_PUBLISHED.inc(len(answer.bundles))
-            for bundle in answer.bundles:
+    async def publish(outgoing: Sequence[Outgoing]) -> None:
+        """The batch's output messages into the producer's outbox (one record batch per partition)."""
+        published = time.monotonic()
+        for message in outgoing:
+            metrics.END_TO_END_LATENCY.observe(published - message.arrived)
+            metrics.BUNDLES_PUBLISHED.inc(len(message.answer.bundles))
+            for bundle in message.answer.bundles:
                 metrics.BUNDLE_SIZE.observe(len(bundle.items))
-        await cast(DrainingProducer, app.producer).outbox.put(settings.output_topic, messages)
-        metrics.RECOMMENDATIONS_PUBLISHED.inc(len(answered))
+        records = [(message.key, message.value) for message in outgoing]
+        await cast(DrainingProducer, app.producer).outbox.put(settings.output_topic, records)
+        metrics.RECOMMENDATIONS_PUBLISHED.inc(len(outgoing))
 
-    @app.agent(source)
+    # An exception that escapes the agent (only a failed hand-over to Kafka can: everything that depends
+    # on a message is isolated above) stops the worker, so that it restarts from its last commit. Faust's
+    # default restarts the agent alone, which resumed answering nothing while the process lived on.
+    @app.agent(source, supervisor_strategy=CrashingSupervisor)
     async def recommend(stream: faust.StreamT) -> None:
         """Answer micro-batches. A batch's answers are in the outbox before its events are acked, and Faust
         flushes the producer (outbox, then client) before it commits, so a commit covers delivered answers."""
         batches = cast(BatchingStream, stream).take_batches(
-            settings.batch_size, settings.batch_linger_s, settings.batch_idle_s
+            settings.batch_size, settings.batch_linger_s, settings.batch_idle_s, liveness.input_waiting
         )
         async for events in batches:
-            answered: list[Answered] = []
-            handle_isolating_failures(events, partial(answer_batch, answered=answered), dead_letter_failure)
+            outgoing: list[Outgoing] = []
+            handle_isolating_failures(events, partial(answer_batch, outgoing=outgoing), dead_letter_failure)
             with metrics.observe_stage("publish"):
-                await publish(answered)
+                await publish(outgoing)
+            liveness.progressed()
 
     @app.task
     async def reload_on_sighup() -> None:
@@ -355,10 +405,15 @@ def create_app(settings: StreamSettings) -> faust.App:
 
     @app.timer(LAG_INTERVAL_S)
     async def report_lag() -> None:
+        if app.rebalancing:  # restoring tables: progress, not a stall
+            liveness.progressed()
+            return
         for tp in app.consumer.assignment():
             if tp.topic == settings.input_topic and tp.partition in next_offsets:
                 lag = max(app.consumer.highwater(tp) - next_offsets[tp.partition], 0)
                 metrics.CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
+                if lag:
+                    liveness.input_waiting()
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(_app: faust.App, revoked: set[faust.types.TP], **_: Any) -> None:
@@ -369,22 +424,13 @@ def create_app(settings: StreamSettings) -> faust.App:
 
     @app.timer(min(60.0, settings.state_ttl_s / 2))
     async def expire_idle_users() -> None:
-        """Delete users idle for longer than the TTL, locally and (tombstone) in the changelog.
-
-        Outside stream iteration there is no event to take a partition from, so the tombstone goes to
-        the partition the key hashes to, which is the user's input partition under the contract
-        (key = user_id, default partitioner).
-        """
-
-        def delete(key: bytes) -> None:
-            del sessions.data[key]
-            sessions.send_changelog(None, key, None, value_serializer="raw")
-
-        entries, deleted = await sweep_expired(
-            sessions.items(), sessions.data.get, delete, time.time, settings.state_ttl_s
+        """Delete users idle for longer than the TTL, locally and with a tombstone in the changelog partition
+        that holds them (`stream.sessions`), in short slices between which the worker answers."""
+        seen, deleted = await sweep_expired(
+            held.held(), held.stored_from, held.delete, time.time, settings.state_ttl_s
         )
         metrics.SESSION_EXPIRATIONS.inc(deleted)
-        metrics.SESSION_STATE_ENTRIES.set(entries - deleted)
+        metrics.SESSION_STATE_ENTRIES.set(seen - deleted)
 
     return app
 
@@ -396,9 +442,10 @@ def run_worker(settings: StreamSettings, log_level: str = "warning") -> None:
 
     torch.set_num_threads(settings.compute_threads)
     faiss.omp_set_num_threads(settings.compute_threads)
-    app = create_app(settings)
+    liveness = Liveness(settings.liveness_stall_s)
+    app = create_app(settings, liveness)
     if settings.metrics_port:
-        metrics.start_metrics_server(settings.metrics_port)
+        metrics.start_metrics_server(settings.metrics_port, liveness=liveness.check)
     worker = faust.Worker(app, loglevel=log_level)
     # Faust's start-up spinner sets the root logger to DEBUG so that every record turns it, which makes
     # aiokafka and Faust build debug records on the hot path: about 3% of the worker's time under load.

@@ -73,3 +73,17 @@ def test_a_version_that_fails_to_load_is_not_served_nor_retried_until_it_changes
     os.utime(weights, (time.time() + 1, time.time() + 1))  # (a later mtime even on a coarse clock)
     assert asyncio.run(holder.reload_if_changed())
     assert holder.current.version == "99990101T000000Z-broken"
+
+
+def test_a_latest_that_names_a_missing_version_is_logged_once_and_counted_every_poll(
+    model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    holder = ModelHolder(model_dir)
+    (model_dir / "LATEST").write_text("99990101T000000Z-missing\n")
+    failures = metrics.MODEL_RELOAD_FAILURES._value.get()
+
+    for _ in range(3):
+        assert not asyncio.run(holder.reload_if_changed())
+
+    assert len([r for r in caplog.records if "reload" in r.message]) == 1
+    assert metrics.MODEL_RELOAD_FAILURES._value.get() == failures + 3

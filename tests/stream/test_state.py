@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import Iterator
 
 from stream.events import ClickEvent
-from stream.state import StateLimits, UserState, apply_event, bounded_append, is_expired, sweep_expired
+from stream.state import (
+    CLOCK_EVERY,
+    StateLimits,
+    UserState,
+    apply_event,
+    bounded_append,
+    is_expired,
+    scan_slice,
+    sweep_expired,
+)
 
 LIMITS = StateLimits(max_events=3, session_gap_s=100.0, purchased_max=2)
 
@@ -59,28 +70,79 @@ def test_json_round_trip_and_expiry() -> None:
     assert is_expired(state.to_json(), now=5.0 + 61, ttl_s=60)
 
 
-def test_the_expiry_sweep_deletes_idle_users_and_spares_one_who_came_back_meanwhile() -> None:
-    table = {f"u{n}".encode(): {"updated_at": 0.0} for n in range(5)} | {b"active": {"updated_at": 95.0}}
-    other_work: list[int] = []
+class Partitions:
+    """Partitions of stored states as the sweep sees them: a fresh key-ordered iterator per slice, None for
+    a partition no longer held. Rebalanced by the `answering` task while the sweep pauses."""
+
+    def __init__(self, stored: dict[int, dict[bytes, dict]]) -> None:
+        self.stored = stored
+        self.deleted: list[tuple[int, bytes]] = []
+
+    def stored_from(self, partition: int, key: bytes | None) -> Iterator[tuple[bytes, bytes]] | None:
+        if partition not in self.stored:
+            return None
+        items = sorted(self.stored[partition].items())
+        return ((k, json.dumps(v).encode()) for k, v in items if key is None or k >= key)
+
+    def delete(self, partition: int, key: bytes) -> None:
+        del self.stored[partition][key]
+        self.deleted.append((partition, key))
+
+
+class SteppingClock:
+    """Each read is `step` later than the one before: slices end after a known number of states."""
+
+    def __init__(self, start: float, step: float) -> None:
+        self.now, self.step = start, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_a_slice_stops_when_its_time_is_up_and_says_where_to_resume() -> None:
+    stored = iter([(f"u{n:03}".encode(), b'{"updated_at": 0}') for n in range(1000)])
+    part = scan_slice(stored, ttl_s=10, clock=SteppingClock(100.0, 1.0), slice_s=2.5)
+    # The clock is read at the start and every CLOCK_EVERY states: 2.5 s have passed at the fourth read.
+    assert part.seen == 3 * CLOCK_EVERY and part.resume_at == f"u{3 * CLOCK_EVERY:03}".encode()
+    assert len(part.idle) == part.seen
+    rest = scan_slice(iter([(b"z", b'{"updated_at": 99}')]), ttl_s=10, clock=lambda: 100.0, slice_s=1)
+    assert rest == (([], 1, None))
+
+
+def test_the_sweep_deletes_idle_users_where_they_are_and_survives_a_rebalance_between_slices() -> None:
+    partitions = Partitions(
+        {
+            0: {f"a{n:03}".encode(): {"updated_at": 0.0} for n in range(300)}
+            | {b"a-active": {"updated_at": 95.0}},
+            1: {f"b{n:03}".encode(): {"updated_at": 0.0} for n in range(300)},
+            2: {f"c{n:03}".encode(): {"updated_at": 0.0} for n in range(300)},
+        }
+    )
+    pauses: list[int] = []
 
     async def sweep() -> tuple[int, int]:
-        async def answering() -> None:  # another task on the loop, as the worker's batches are
+        async def answering() -> None:  # the worker's batches, and a rebalance, between slices
             while True:
-                other_work.append(len(table))
-                if len(other_work) == 3:
-                    table[b"u4"] = {"updated_at": 99.0}  # u4 sends an event while the sweep is paused
+                pauses.append(len(partitions.deleted))
+                if len(pauses) == 3:
+                    del partitions.stored[2]  # revoked while the sweep pauses
+                    partitions.stored[7] = {b"new": {"updated_at": 0.0}}  # assigned: not in this sweep
                 await asyncio.sleep(0)
 
         task = asyncio.create_task(answering())
         try:
-            return await sweep_expired(list(table.items()), table.get, table.pop, lambda: 100.0, 30, chunk=1)
+            clock = SteppingClock(100.0, 0.001)  # every CLOCK_EVERY states take a "millisecond"
+            return await sweep_expired([0, 1, 2], partitions.stored_from, partitions.delete, clock, 30, 0.002)
         finally:
             task.cancel()
 
     seen, deleted = asyncio.run(sweep())
-    assert (seen, deleted) == (6, 4)
-    assert set(table) == {b"active", b"u4"}
-    assert len(other_work) >= 6  # the loop ran other work between chunks
+    assert (seen, deleted) == (601, 600)
+    assert set(partitions.stored[0]) == {b"a-active"} and not partitions.stored[1]
+    assert {p for p, _ in partitions.deleted} == {0, 1}  # each in its own partition
+    assert all(key.decode()[0] == "ab"[p] for p, key in partitions.deleted)
+    assert len(set(pauses)) > 5  # answering ran between slices, with the sweep's deletes in progress
 
 
 def test_a_bounded_list_moves_a_repeated_item_to_the_end_and_keeps_the_latest_cap_entries() -> None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import jsonschema
@@ -19,63 +18,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
 
 from model.artifacts import resolve_version
-from stream.broker import EmbeddedBroker
+from stream.broker import EmbeddedBroker, free_port
 from stream.schemas import load_schema
 from stream.state import UserState
 from stream.worker import BatchStates, batch_window, handle_isolating_failures
 from tests.conftest import PublishCopy
+from tests.stream.workers import Worker
 
 ANSWER_TIMEOUT_S = 90.0
 FAULT_INJECTION = Path(__file__).parent / "fault_injection"
 ConsumedRecords = dict[str, list[dict]]
-
-
-class Worker:
-    """A `bundlecast worker` subprocess against a broker, with its own state dir and log file."""
-
-    def __init__(
-        self,
-        broker: EmbeddedBroker,
-        model_dir: Path,
-        state_dir: Path,
-        log: Path,
-        python_path: Path | None = None,
-        **settings: str,
-    ) -> None:
-        env = (
-            os.environ
-            | {
-                "BUNDLECAST_METRICS_PORT": "0",
-                "BUNDLECAST_PARTITIONS": "2",
-                "BUNDLECAST_BATCH_LINGER_MS": "20",
-                "BUNDLECAST_RELOAD_INTERVAL_S": "0.5",
-                "OMP_NUM_THREADS": "1",
-            }
-            | {f"BUNDLECAST_{name.upper()}": value for name, value in settings.items()}
-            | {
-                "BUNDLECAST_KAFKA_BOOTSTRAP": broker.bootstrap,
-                "BUNDLECAST_MODEL_DIR": str(model_dir),
-                "BUNDLECAST_STATE_DIR": str(state_dir),
-            }
-        )
-        if python_path:  # ahead of the caller's own PYTHONPATH, if any
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(python_path), env.get("PYTHONPATH")]))
-        self.log = log
-        command = [sys.executable, "-m", "stream.cli", "worker", "--log-level", "info"]
-        self.process = subprocess.Popen(command, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            self.process.wait(timeout=30)
-
-
-@pytest.fixture
-def workers(kafka_broker: EmbeddedBroker, tmp_path: Path) -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    yield started
-    for worker in started:
-        worker.stop(signal.SIGKILL)
 
 
 def event(n: int, user: str, item: str, kind: str = "view") -> tuple[bytes, bytes]:
@@ -84,15 +36,19 @@ def event(n: int, user: str, item: str, kind: str = "view") -> tuple[bytes, byte
 
 
 async def produce(
-    broker: EmbeddedBroker, records: list[tuple[bytes | None, bytes]], rate: float = 0
+    broker: EmbeddedBroker,
+    records: list[tuple[bytes | None, bytes]],
+    rate: float = 0,
+    partition: int | None = None,
 ) -> list[tuple[int, int]]:
-    """Send `records` to the input topic; return where each landed (partition, offset)."""
-    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+    """Send `records` to the input topic (to `partition`, else where the key hashes); return where each
+    landed (partition, offset)."""
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, max_request_size=4 * 1024 * 1024)
     await producer.start()
     try:
         sent = []
         for key, value in records:
-            sent.append(await producer.send("clickstream", key=key, value=value))
+            sent.append(await producer.send("clickstream", key=key, value=value, partition=partition))
             if rate:
                 await asyncio.sleep(1 / rate)
         await producer.flush()
@@ -393,8 +349,11 @@ def test_an_event_that_cannot_be_answered_is_dead_lettered_and_the_worker_goes_o
     records = [event(n, f"user{n % 3}", items[n % 10]) for n in range(40)]
     records[17] = event(17, "user2", "POISON")
     asyncio.run(produce(kafka_broker, records))
-    poison = FAULT_INJECTION / "poison"
-    workers.append(Worker(kafka_broker, artifact_root, tmp_path / "state", tmp_path / "worker.log", poison))
+    poison, port = FAULT_INJECTION / "poison", free_port()
+    log = tmp_path / "worker.log"
+    workers.append(
+        Worker(kafka_broker, artifact_root, tmp_path / "state", log, poison, metrics_port=str(port))
+    )
     records_out = asyncio.run(
         consume(kafka_broker, lambda r: len(answered(r)) >= 39 and len(r["clickstream.dlq"]) >= 1)
     )
@@ -407,6 +366,66 @@ def test_an_event_that_cannot_be_answered_is_dead_lettered_and_the_worker_goes_o
     asyncio.run(produce(kafka_broker, [event(99, "user2", items[3])]))
     later = asyncio.run(consume(kafka_broker, lambda r: "e99" in answered(r), settle_s=0))
     assert "e99" in answered(later) and workers[-1].process.poll() is None
+    # Counted once each, although the poison's batch was retried in halves down to the poison alone.
+    counts = scrape(port)
+    assert counts['bundlecast_dlq_events_total{reason="processing_error"}'] == 1
+    assert counts['bundlecast_events_consumed_total{type="view"}'] == 40  # 39 + e99
+    assert counts["bundlecast_recommendations_published_total"] == 40
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The worker's /metrics samples, by name and labels as exposed."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        lines = response.read().decode().splitlines()
+    return {
+        name: float(value)
+        for name, _, value in (line.rpartition(" ") for line in lines)
+        if name and not name.startswith("#")
+    }
+
+
+def test_no_input_stops_the_worker_oversized_surrogate_deep_or_keyless(
+    kafka_broker: EmbeddedBroker, artifact_root: Path, workers: list[Worker], tmp_path: Path
+) -> None:
+    """Inputs found to stop workers: a ~900 KB value (its dead letter once carried the whole payload,
+    over the Kafka client's 1 MiB request limit: a crash loop); an event id with an escaped lone
+    surrogate followed by its user's next session in the same batch (building the answer raised outside
+    the per-event isolation: every partition stalled); nesting deeper than the JSON parser's recursion;
+    a valid event without a key. Each is dead-lettered with its own reason, small, and every valid event
+    around them is answered."""
+    items = known_items(artifact_root, 10)
+    huge = {"event_id": "big", "user_id": "u-big", "item_id": items[0], "type": "view", "ts": 1_300_000_000}
+    surrogate = {
+        "event_id": "x\ud800",
+        "user_id": "u-s",
+        "item_id": items[1],
+        "type": "view",
+        "ts": 1_300_000_000,
+    }
+    poison: list[tuple[bytes | None, bytes]] = [
+        (b"u-big", json.dumps(huge | {"pad": "x" * 900_000}).encode()),
+        (b"u-s", json.dumps(surrogate).encode()),  # json.dumps escapes it: valid JSON, valid UTF-8
+        (b"u-s", event(2, "u-s", items[2])[1].replace(b"1300000002", b"1300003602")),  # a new session
+        (b"u-d", b"[" * 20_000 + b"]" * 20_000),
+        (None, event(3, "u-nokey", items[3])[1]),
+    ]
+    valid = [event(10 + n, f"user{n % 3}", items[n % 10]) for n in range(30)]
+    asyncio.run(produce(kafka_broker, [*valid[:15], *poison, *valid[15:]]))
+    log = tmp_path / "worker.log"
+    workers.append(Worker(kafka_broker, artifact_root, tmp_path / "state", log))
+
+    expected = {f"e{10 + n}" for n in range(30)} | {"e2"}
+    records = asyncio.run(
+        consume(kafka_broker, lambda r: answered(r) >= expected and len(r["clickstream.dlq"]) >= 4)
+    )
+    assert answered(records) == expected, log.read_text()[-3000:]
+    letters = {letter["reason"]: letter for letter in records["clickstream.dlq"]}
+    assert sorted(letters) == ["missing_key", "not_utf8", "too_deep", "too_large"]
+    assert letters["too_large"]["truncated"] and letters["too_large"]["original_value_bytes"] > 900_000
+    assert letters["too_large"]["original_value_sha256"] == hashlib.sha256(poison[0][1]).hexdigest()
+    assert workers[-1].process.poll() is None
+    asyncio.run(produce(kafka_broker, [event(99, "user1", items[4])]))
+    assert "e99" in answered(asyncio.run(consume(kafka_broker, lambda r: "e99" in answered(r), settle_s=0)))
 
 
 def test_idle_users_are_expired_with_a_changelog_tombstone(
@@ -445,24 +464,36 @@ def test_hot_reload_under_traffic_answers_every_event_once(
     tmp_path: Path,
     publish_copy: PublishCopy,
 ) -> None:
+    """Traffic flows before, during and after a reload: it goes on until an answer from the new version
+    is seen, then 50 events more, however long the box takes to load the new version."""
     old = resolve_version(model_dir).name
     items = known_items(model_dir, 50)
     users = [f"user{u}" for u in range(5)]
     workers.append(Worker(kafka_broker, model_dir, tmp_path / "state", tmp_path / "worker.log"))
     wait_until_answering(kafka_broker)
-    traffic = [event(n, users[n % 5], items[n % 50]) for n in range(400)]
     new = "99990101T000000Z-reload"
 
-    async def reload_under_traffic() -> ConsumedRecords:
-        producing = asyncio.create_task(produce(kafka_broker, traffic, rate=100))
-        await consume(kafka_broker, lambda r: len(r["recommendations"]) >= 150, settle_s=0)
-        publish_copy(model_dir, old, new)
-        await producing
-        return await consume(kafka_broker, lambda r: len(r["recommendations"]) >= 401)
+    async def reload_under_traffic() -> tuple[int, ConsumedRecords]:
+        def new_version_answered(records: ConsumedRecords) -> bool:
+            return any(r["model_version"] == new for r in records["recommendations"])
 
-    records = asyncio.run(reload_under_traffic())
+        reloaded = asyncio.create_task(consume(kafka_broker, new_version_answered, settle_s=0))
+        sent, stop_at = 0, None
+        while stop_at is None or sent < stop_at:
+            chunk = [event(n, users[n % 5], items[n % 50]) for n in range(sent, sent + 10)]
+            await produce(kafka_broker, chunk)
+            sent += len(chunk)
+            if sent == 150:
+                publish_copy(model_dir, old, new)
+            if stop_at is None and reloaded.done():  # (consume gives up after ANSWER_TIMEOUT_S)
+                assert new_version_answered(reloaded.result()), "the new version answered nothing"
+                stop_at = sent + 50
+            await asyncio.sleep(0.1)
+        return sent, await consume(kafka_broker, lambda r: len(r["recommendations"]) >= sent + 1)
+
+    sent, records = asyncio.run(reload_under_traffic())
     answers = [r for r in records["recommendations"] if r["event_id"] != "e-1"]
-    assert sorted(r["event_id"] for r in answers) == sorted(f"e{n}" for n in range(400))  # once each
+    assert sorted(r["event_id"] for r in answers) == sorted(f"e{n}" for n in range(sent))  # once each
     assert {r["model_version"] for r in answers} == {old, new}
     for user in users:
         versions = [
@@ -530,7 +561,7 @@ class FakeEvent:
 def test_batch_states_decode_once_and_write_each_user_back_once_as_json() -> None:
     stored = UserState(cart=("a",), sessions=1)
     table = CountingTable({"ü1".encode(): stored.to_json()})
-    states = BatchStates(table)
+    states = BatchStates(table, table.pop)
     assert states.get("nobody") is None
     states.event = FakeEvent()
     assert states["ü1"] == stored and states["ü1"] == stored
@@ -548,7 +579,29 @@ def test_batch_states_decode_once_and_write_each_user_back_once_as_json() -> Non
 
 def test_batch_states_refuse_writes_without_an_event() -> None:
     with pytest.raises(RuntimeError):
-        BatchStates(CountingTable())["u1"] = UserState()
+        BatchStates(CountingTable(), print)["u1"] = UserState()
+
+
+def test_an_erased_user_is_erased_before_the_batch_writes_and_starts_afresh() -> None:
+    """A forget request deletes the user wherever their state is (`erase`), even one not found in the
+    event's partition; a later event of theirs in the same batch starts from an empty state."""
+    table = CountingTable({b"u1": UserState(cart=("a",)).to_json()})
+    erased: list[bytes] = []
+
+    def erase(key: bytes) -> None:
+        erased.append(key)
+        table.pop(key, None)
+
+    states = BatchStates(table, erase)
+    states.event = FakeEvent()
+    assert states["u1"].cart == ("a",)
+    del states["u1"]
+    del states["never-seen"]  # maybe held in another partition: erased all the same
+    assert "u1" not in states and states.get("u1") is None
+    states["u1"] = UserState(cart=("b",))
+    states.write_back()
+    assert sorted(erased) == [b"never-seen", b"u1"]
+    assert table[b"u1"] == UserState(cart=("b",)).to_json()  # erased first, then written
 
 
 def test_a_batch_stays_open_as_long_as_the_last_one_took_to_handle_within_idle_and_linger() -> None:
