@@ -1,6 +1,6 @@
 """One micro-batch, independent of Kafka: admit events into state, then answer them all at once.
 
-`admit` runs per message (validation, state update, stream popularity); `answer` runs once per batch
+`admit` runs per message (validation, state update or erasure, stream popularity); `answer` once per batch
 (once per user in it) with one model forward (sessions and their leave-one-out variants,
 `model.explain.attribute`) and one FAISS search deep enough for both the items and the bundle anchors;
 users with no known item get popularity; then explanations and bundles (`stream.answer.compose_answers`).

@@ -8,9 +8,9 @@ purchases have caps, and a user idle for `state_ttl_s` is deleted altogether.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any, NamedTuple
 
 import orjson
@@ -152,29 +152,32 @@ Stored = Iterator[tuple[bytes, bytes]]  # (user_id, JSON state) in key order, as
 
 
 class Slice(NamedTuple):
-    idle: list[bytes]
     seen: int
+    deleted: int
     resume_at: bytes | None
 
 
-def scan_slice(stored: Stored, ttl_s: float, clock: Callable[[], float], slice_s: float) -> Slice:
-    """Scan `stored` for idle states until `slice_s` has passed.
+def sweep_slice(
+    stored: Stored, delete: Callable[[bytes], None], ttl_s: float, clock: Callable[[], float], slice_s: float
+) -> Slice:
+    """Delete the idle states of `stored` until `slice_s` has passed, deletes (and their tombstones)
+    included in the time.
 
-    Returns the idle keys, how many states were seen, and the first key not yet seen (None: none left),
+    Returns how many states were seen and deleted, and the first key not yet seen (None: none left),
     from which the next slice starts a fresh iterator.
     """
     started = now = clock()
-    idle: list[bytes] = []
-    seen = 0
+    seen = deleted = 0
     for key, value in stored:
         if now - started >= slice_s:
-            return Slice(idle, seen, key)
+            return Slice(seen, deleted, key)
         seen += 1
         if is_expired(orjson.loads(value), now, ttl_s):
-            idle.append(key)
+            delete(key)
+            deleted += 1
         if seen % CLOCK_EVERY == 0:
             now = clock()
-    return Slice(idle, seen, None)
+    return Slice(seen, deleted, None)
 
 
 async def sweep_expired(
@@ -184,6 +187,7 @@ async def sweep_expired(
     clock: Callable[[], float],
     ttl_s: float,
     slice_s: float = SWEEP_SLICE_S,
+    after_slice: Callable[[], Awaitable[None]] | None = None,
 ) -> tuple[int, int]:
     """Delete every stored state idle for longer than the TTL; returns (states seen, states deleted).
 
@@ -199,10 +203,10 @@ async def sweep_expired(
     for partition in list(partitions):
         resume_at: bytes | None = None
         while (stored := stored_from(partition, resume_at)) is not None:
-            part = scan_slice(stored, ttl_s, clock, slice_s)
-            for key in part.idle:
-                delete(partition, key)
-            seen, deleted = seen + part.seen, deleted + len(part.idle)
+            part = sweep_slice(stored, partial(delete, partition), ttl_s, clock, slice_s)
+            seen, deleted = seen + part.seen, deleted + part.deleted
+            if after_slice is not None:  # (the worker hands the slice's tombstones to Kafka)
+                await after_slice()
             await asyncio.sleep(slice_s * SWEEP_PAUSES)
             if part.resume_at is None:
                 break

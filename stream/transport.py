@@ -326,14 +326,22 @@ class DrainingProducer(faust_aiokafka.Producer):
         await self.add_runtime_dependency(self.outbox)
 
     async def send_batches(self, topic: str, records: Sequence[Record]) -> None:
-        """Queue `records` (key, value) with the Kafka client as record batches, one per partition (more
-        where the producer's batch size is reached). Returns once they are queued; `flush`, which Faust
-        runs before every commit, waits for their delivery and raises if one failed."""
+        """Queue `records` (key, value) with the Kafka client as record batches, one per partition their
+        keys hash to (`send_to_partitions`)."""
         if not records:
             return
+        partitions = sorted(await self._ensure_producer().partitions_for(topic))
+        await self.send_to_partitions(topic, by_partition(records, partitions))
+
+    async def send_to_partitions(
+        self, topic: str, grouped: Mapping[int, Sequence[tuple[bytes, bytes | None]]]
+    ) -> None:
+        """Queue each partition's records (key, value; None: a tombstone) with the Kafka client as record
+        batches, one per partition (more where the producer's batch size is reached). Returns once they are
+        queued; `flush`, which Faust runs before every commit, waits for their delivery and raises if one
+        failed."""
         client = self._ensure_producer()
-        partitions = sorted(await client.partitions_for(topic))
-        for partition, partition_records in by_partition(records, partitions).items():
+        for partition, partition_records in grouped.items():
             batch = client.create_batch()
             for key, value in partition_records:
                 if batch.append(key=key, value=value, timestamp=None) is None:  # full: send, start another

@@ -282,7 +282,10 @@ def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
     dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
     # bytes keys are stored raw (the user_id's UTF-8, as in the input's key); values are JSON.
     sessions = app.Table(SESSIONS_TABLE, partitions=partitions, key_type=bytes)
-    held = SessionPartitions(sessions)
+    held = SessionPartitions(
+        sessions,
+        lambda topic, grouped: cast(DrainingProducer, app.producer).send_to_partitions(topic, grouped),
+    )
     next_offsets: dict[int, int] = {}
 
     def letter_for(event: EventT, rejection: Rejection) -> tuple[bytes | None, bytes]:
@@ -427,7 +430,12 @@ def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
         """Delete users idle for longer than the TTL, locally and with a tombstone in the changelog partition
         that holds them (`stream.sessions`), in short slices between which the worker answers."""
         seen, deleted = await sweep_expired(
-            held.held(), held.stored_from, held.delete, time.time, settings.state_ttl_s
+            held.held(),
+            held.stored_from,
+            held.expire,
+            time.time,
+            settings.state_ttl_s,
+            after_slice=held.send_tombstones,
         )
         metrics.SESSION_EXPIRATIONS.inc(deleted)
         metrics.SESSION_STATE_ENTRIES.set(seen - deleted)

@@ -14,8 +14,8 @@ from stream.state import (
     apply_event,
     bounded_append,
     is_expired,
-    scan_slice,
     sweep_expired,
+    sweep_slice,
 )
 
 LIMITS = StateLimits(max_events=3, session_gap_s=100.0, purchased_max=2)
@@ -102,12 +102,13 @@ class SteppingClock:
 
 def test_a_slice_stops_when_its_time_is_up_and_says_where_to_resume() -> None:
     stored = iter([(f"u{n:03}".encode(), b'{"updated_at": 0}') for n in range(1000)])
-    part = scan_slice(stored, ttl_s=10, clock=SteppingClock(100.0, 1.0), slice_s=2.5)
+    deleted: list[bytes] = []
+    part = sweep_slice(stored, deleted.append, ttl_s=10, clock=SteppingClock(100.0, 1.0), slice_s=2.5)
     # The clock is read at the start and every CLOCK_EVERY states: 2.5 s have passed at the fourth read.
     assert part.seen == 3 * CLOCK_EVERY and part.resume_at == f"u{3 * CLOCK_EVERY:03}".encode()
-    assert len(part.idle) == part.seen
-    rest = scan_slice(iter([(b"z", b'{"updated_at": 99}')]), ttl_s=10, clock=lambda: 100.0, slice_s=1)
-    assert rest == (([], 1, None))
+    assert part.deleted == part.seen and deleted == [f"u{n:03}".encode() for n in range(part.seen)]
+    rest = sweep_slice(iter([(b"z", b'{"updated_at": 99}')]), deleted.append, 10, lambda: 100.0, 1)
+    assert rest == (1, 0, None)
 
 
 def test_the_sweep_deletes_idle_users_where_they_are_and_survives_a_rebalance_between_slices() -> None:

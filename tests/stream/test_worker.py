@@ -373,6 +373,31 @@ def test_an_event_that_cannot_be_answered_is_dead_lettered_and_the_worker_goes_o
     assert counts["bundlecast_recommendations_published_total"] == 40
 
 
+def test_a_worker_whose_agent_fails_exits_and_its_restart_answers_every_event(
+    kafka_broker: EmbeddedBroker, artifact_root: Path, workers: list[Worker], tmp_path: Path
+) -> None:
+    """A failure that escapes the agent (handing answers to Kafka failed) must stop the worker, so that it
+    restarts from its last commit: Faust alone restarts the agent, which then answered nothing while the
+    process, and a TCP liveness check, lived on."""
+    items = known_items(artifact_root, 10)
+    before = [event(n, f"user{n % 3}", items[n % 10]) for n in range(10)]
+    asyncio.run(produce(kafka_broker, before))
+    log = tmp_path / "worker.log"
+    fault = FAULT_INJECTION / "handover_failure"
+    workers.append(Worker(kafka_broker, artifact_root, tmp_path / "state", log, fault))
+    asyncio.run(consume(kafka_broker, lambda r: len(answered(r)) >= 10, settle_s=0))
+    key, value = event(10, "user1", items[1])
+    asyncio.run(produce(kafka_broker, [(key, value.replace(b'"e10"', b'"handover-fails"'))]))
+    assert workers[-1].process.wait(timeout=ANSWER_TIMEOUT_S) != 0, log.read_text()[-3000:]
+
+    after = [event(11 + n, f"user{n % 3}", items[n % 10]) for n in range(10)]
+    asyncio.run(produce(kafka_broker, after))
+    workers.append(Worker(kafka_broker, artifact_root, tmp_path / "state", log))
+    expected = {f"e{n}" for n in range(10)} | {"handover-fails"} | {f"e{n}" for n in range(11, 21)}
+    records = asyncio.run(consume(kafka_broker, lambda r: answered(r) >= expected, settle_s=0))
+    assert answered(records) == expected, log.read_text()[-3000:]
+
+
 def scrape(port: int) -> dict[str, float]:
     """The worker's /metrics samples, by name and labels as exposed."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
