@@ -7,6 +7,8 @@
   restarted on the same state dir: lost events, extra answers (at-least-once duplicates), crash loops.
 - sweep: live answers' latency while the expiry sweep deletes 100,000 idle users, against the same run's
   answers outside the sweep.
+- failover: two workers share the input, each killed once mid-stream and restarted after the other took
+  over its partitions: lost events and extra answers.
 - erasure: a forget request (as `bundlecast forget` sends it) for a user with history, then an event of
   theirs: seconds until that event's answer, which must use none of the old history.
 
@@ -220,6 +222,46 @@ def phase_kills(
     }
 
 
+def phase_failover(model: Path, scratch: Path, events: int, rate: float, **settings: str) -> dict:
+    """Two workers share the input; each is killed (SIGKILL) once mid-stream and restarted on its own
+    state dir after the survivor has taken over its partitions: lost events and extra answers."""
+    items = items_of(model, 100)
+    stream = [event(n, f"user{n % 200}", items[n % 100]) for n in range(events)]
+    expected = {f"e{n}" for n in range(events)}
+    with embedded_broker() as broker:
+        asyncio.run(ensure_topics(StreamSettings(kafka_bootstrap=broker.bootstrap, partitions=4)))
+        log = scratch / "failover.log"
+        pair = [Worker(broker, model, scratch / name, log, **settings) for name in ("a", "b")]
+        time.sleep(12)  # both loaded and in the group
+
+        async def stream_and_fail_over() -> None:
+            producing = asyncio.create_task(produce(broker, stream, rate))
+            for worker, kill_at, restart_at in ((pair[0], 3.0, 10.0), (pair[1], 15.0, 22.0)):
+                await asyncio.sleep(kill_at - (time.monotonic() - started))
+                worker.kill()
+                await asyncio.sleep(restart_at - (time.monotonic() - started))
+                worker.start()
+            await producing
+
+        started = time.monotonic()
+        asyncio.run(stream_and_fail_over())
+        records = asyncio.run(read(broker, lambda r: set(answered(r)) >= expected, timeout_s=300))
+        alive = [worker.process.poll() is None for worker in pair]
+        for worker in pair:
+            worker.kill()
+    counts = answered(records)
+    return {
+        "events": events,
+        "rate": rate,
+        "fail_overs": "a killed at 3 s, back at 10 s; b killed at 15 s, back at 22 s",
+        "lost": len(expected - set(counts)),
+        "extra_answers": sum(counts.values()) - len(set(counts)),
+        "extra_share": round((sum(counts.values()) - len(set(counts))) / events, 4),
+        "workers_alive_at_end": alive,
+        "settings": settings,
+    }
+
+
 def phase_erasure(model: Path, scratch: Path, trials: int) -> dict:
     """Seconds from a forget request (sent as `bundlecast forget` sends it) to the user's next answer, which
     must use none of their history; and one run of the CLI itself, whose start-up (imports) is timed apart."""
@@ -385,10 +427,12 @@ def phase_sweep(model: Path, scratch: Path, users: int, rate: float, seconds: fl
 def main(
     model: Path = typer.Option(..., exists=True, help="Artifact root the worker serves."),
     phase: list[str] = typer.Option(
-        ["malformed", "kills", "erasure", "sweep"], help="Phases to run (repeat)."
+        ["malformed", "kills", "failover", "erasure", "sweep"], help="Phases to run (repeat)."
     ),
     seed: int = typer.Option(22, help="Seed of the fuzzing and of the kill moments."),
-    commit_interval_s: str = typer.Option("", help="BUNDLECAST_COMMIT_INTERVAL_S for the kills phase."),
+    commit_interval_s: str = typer.Option(
+        "", help="BUNDLECAST_COMMIT_INTERVAL_S for the kills and failover phases."
+    ),
     kills: int = typer.Option(5, help="SIGKILLs during the kills phase's 5,000 events at 300/s."),
     sweep_rate: float = typer.Option(300.0, help="Live events/s during the sweep phase."),
     sweep_users: int = typer.Option(100_000, help="Idle users the sweep deletes (0: a baseline run)."),
@@ -405,6 +449,9 @@ def main(
                 results[name] = phase_kills(model, folder, 5_000, 300.0, kills, seed, **extra)
             elif name == "erasure":
                 results[name] = phase_erasure(model, folder, 5)
+            elif name == "failover":
+                extra = {"commit_interval_s": commit_interval_s} if commit_interval_s else {}
+                results[name] = phase_failover(model, folder, 9_000, 300.0, **extra)
             elif name == "sweep":
                 results[name] = phase_sweep(model, folder, sweep_users, sweep_rate, 60.0)
             print(json.dumps({name: results[name]}), flush=True)
