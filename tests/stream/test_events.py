@@ -6,6 +6,8 @@ import base64
 import hashlib
 import json
 import random
+import subprocess
+import sys
 from datetime import UTC, datetime
 
 import jsonschema
@@ -171,3 +173,11 @@ def test_schemas_are_valid_draft_2020_12() -> None:
     for name in ("clickstream-event", "recommendation", "dlq"):
         jsonschema.Draft202012Validator.check_schema(load_schema(name))
     assert load_schema("dlq")["properties"]["reason"]["enum"] == list(DLQ_REASONS)
+
+
+def test_validating_events_loads_neither_torch_nor_faiss() -> None:
+    """A producer or a tool that checks events against the contract should not pay for the model."""
+    code = "import sys, stream.events; print(sorted({'torch', 'faiss'} & set(sys.modules)))"
+    command = [sys.executable, "-c", code]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
