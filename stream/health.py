@@ -22,7 +22,6 @@ class Liveness:
     def __init__(self, stall_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.stall_s = stall_s
         self.clock = clock
-        self.last_progress = clock()
         self.waiting_since: float | None = None
 
     def input_waiting(self) -> None:
@@ -30,7 +29,6 @@ class Liveness:
             self.waiting_since = self.clock()
 
     def progressed(self) -> None:
-        self.last_progress = self.clock()
         self.waiting_since = None
 
     def check(self) -> tuple[bool, str]:
