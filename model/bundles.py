@@ -20,17 +20,14 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 from weakref import WeakKeyDictionary
 
 import numpy as np
 
 from model.complement.model import ComplementModel
 from model.explain import Attribution, Driver, Evidence, Reasons, describe
+from model.items import TrainedItems
 from model.neardup import NearDuplicateIndex, ProductKinds
-
-if TYPE_CHECKING:
-    from model.recommender import Recommender
 
 RELEVANCE_WEIGHT = 0.3
 CANDIDATES_PER_ANCHOR = 60
@@ -291,10 +288,10 @@ class BundleContext:
     session_rows: np.ndarray  # each complement row's row in the session model (-1: unknown to it)
 
 
-_CONTEXTS: WeakKeyDictionary[Recommender, BundleContext] = WeakKeyDictionary()
+_CONTEXTS: WeakKeyDictionary[TrainedItems, BundleContext] = WeakKeyDictionary()
 
 
-def context_for(rec: Recommender) -> BundleContext:
+def context_for(rec: TrainedItems) -> BundleContext:
     if rec not in _CONTEXTS:
         if rec.complements is None:
             raise ValueError(
@@ -319,7 +316,7 @@ def context_for(rec: Recommender) -> BundleContext:
     return _CONTEXTS[rec]
 
 
-def warm_up(rec: Recommender) -> None:
+def warm_up(rec: TrainedItems) -> None:
     """Fill the bundle caches of an artifact before it answers: every item's near-duplicates, and the
     candidate pools of as many anchors as the pool cache holds, most popular first.
 
@@ -335,7 +332,7 @@ def warm_up(rec: Recommender) -> None:
 
 
 def explained_bundles(
-    rec: Recommender,
+    rec: TrainedItems,
     attribution: Attribution,
     candidates: Sequence[Sequence[tuple[str, float]]],
     carts: Sequence[Sequence[str]],
@@ -346,7 +343,7 @@ def explained_bundles(
 ) -> list[list[ExplainedBundle]]:
     """Explained bundles for a micro-batch of users, from what retrieval already computed for them.
 
-    `attribution` encodes their histories (`model.explain.attribute`) and `candidates` are the model's
+    `attribution` encodes their histories (`Recommender.attribute`) and `candidates` are the model's
     picks for them (`Recommender.search`, CANDIDATES_PER_ANCHOR deep): no forward or search of its own.
     A user with no known item (in history or cart) gets no bundles: there is nothing to anchor them on.
     """
@@ -381,7 +378,7 @@ def _needs_attribution(bundle: Assembled, history: Sequence[str], cart: Sequence
 
 
 def _session_relevance(
-    rec: Recommender, context: BundleContext, vector: np.ndarray, repeats: Mapping[int, float]
+    rec: TrainedItems, context: BundleContext, vector: np.ndarray, repeats: Mapping[int, float]
 ) -> Relevance:
     """This user's full model score of an item (0 for items the session model does not know), computed
     for the few items assembly asks about, not for the whole catalogue."""
@@ -403,7 +400,7 @@ def _session_relevance(
 
 
 def explain_bundle(
-    rec: Recommender,
+    rec: TrainedItems,
     context: BundleContext,
     bundle: Assembled,
     history: Sequence[str],
@@ -439,7 +436,7 @@ def explain_bundle(
     )
 
 
-def bundle_line(rec: Recommender, bundle: Assembled, reasons: Reasons, where: str) -> str:
+def bundle_line(rec: TrainedItems, bundle: Assembled, reasons: Reasons, where: str) -> str:
     """`where`: how the anchor relates to the user ("in your cart", "you are looking at", ...)."""
     others = [describe(rec, e.item_id) for e in reasons.evidence]
     strongest = max(reasons.evidence, key=lambda e: e.pair_baskets, default=None)

@@ -8,7 +8,7 @@ JSON shape (what the stream puts into each output message, `reasons` of an item 
 
 - `drivers`: the user's recent events that drove the item, strongest first. The weight of an event is how
   much the item's score (session vector . item vector) drops when that one event is left out of the
-  session (leave-one-out on the session vector, all variants of a micro-batch in one batched `encode`).
+  session (leave-one-out on the session vector, all variants of a micro-batch in one batched forward).
   Only events that raise the score are listed.
 - `evidence`: co-purchase evidence for bundle members: baskets holding both items and their lift.
 - `code`: `repeat` (the item is already in the session), `personalized` (the session model ranked it from the
@@ -23,14 +23,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 
-from model.sasrec.encode import EncodedSessions, encode_history, encode_sessions
-
-if TYPE_CHECKING:
-    from model.recommender import Recommender
+from model.items import TrainedItems
+from model.sasrec.encode import EncodedSessions, LeaveOneOut
 
 ReasonCode = Literal["personalized", "complement", "repeat", "popular", "cold_start"]
 MAX_DRIVERS = 3
@@ -72,48 +70,45 @@ class ExplainedItem:
     explanation: str
 
 
-def describe(rec: Recommender, item_id: str) -> str:
+def describe(rec: TrainedItems, item_id: str) -> str:
     """Short human name of an item: its catalogue description in title case, else its id."""
     return rec.names.get(item_id) or item_id
 
 
 @dataclass(frozen=True)
 class Attribution:
-    """A micro-batch of sessions encoded together with their leave-one-out variants, in one forward.
+    """A micro-batch of sessions encoded with their leave-one-out variants (`Recommender.attribute`).
 
     `sessions` (one row per history) is what retrieval searches with; `drops` then says, for any items,
     how much each recent event raised their score. Encoding both at once means a batch costs one
     forward for retrieval, item explanations and bundle explanations together.
     """
 
-    encoded: EncodedSessions  # every distinct model input of the batch
-    rows: list[list[int]]  # per history: its full input's row, then one row per attributed position
-    positions: list[list[int]]  # per history: attributed history positions, aligned with rows[1:]
+    variants: LeaveOneOut
     histories: Sequence[Sequence[str]]  # the item ids encoded, oldest first
-    types: Sequence[Sequence[str]]  # their event types (views where none were given)
+    types: Sequence[Sequence[str]]  # their event types
     _drivers: dict[tuple[int, str], list[Driver]] = field(default_factory=dict, repr=False, compare=False)
 
     @cached_property
     def sessions(self) -> EncodedSessions:
-        full = [rows[0] for rows in self.rows]
-        return EncodedSessions(self.encoded.vectors[full], [self.encoded.repeats[row] for row in full])
+        return self.variants.sessions
 
-    def drops(self, rec: Recommender, history: int, items: Sequence[str]) -> np.ndarray:
+    def drops(self, rec: TrainedItems, history: int, items: Sequence[str]) -> np.ndarray:
         """(P, I): how much each item's full score (repeat bonus included) falls when each attributed
         event of `history` is left out; 0 for items the model does not know."""
-        rows = self.rows[history]
+        rows, encoded = self.variants.rows[history], self.variants.encoded
         item_rows = [rec.vocab.get(item) for item in items]
         known = np.array([row is not None for row in item_rows], dtype=bool)
         columns = np.array([row if row is not None else 0 for row in item_rows], dtype=np.int64)
-        scores = self.encoded.vectors[rows] @ rec.item_vectors[columns].T  # (1 + P, I)
+        scores = encoded.vectors[rows] @ rec.item_vectors[columns].T  # (1 + P, I)
         # Leaving an event out can only remove repeat bonuses, so the full input's repeats are all there is.
-        session_items = self.encoded.repeats[rows[0]]
+        session_items = encoded.repeats[rows[0]]
         for column, item_row in enumerate(item_rows):
             if item_row in session_items:
-                scores[:, column] += [self.encoded.repeats[row].get(item_row, 0.0) for row in rows]
+                scores[:, column] += [encoded.repeats[row].get(item_row, 0.0) for row in rows]
         return (scores[0] - scores[1:]) * known
 
-    def drivers(self, rec: Recommender, history: int, items: Sequence[str]) -> list[list[Driver]]:
+    def drivers(self, rec: TrainedItems, history: int, items: Sequence[str]) -> list[list[Driver]]:
         """Each item's drivers among the events of history `history` (see `drivers_from`), computed once
         per (history, item): an answer's item explanations and its bundle explanations ask about the
         same items."""
@@ -122,47 +117,13 @@ class Attribution:
             found = drivers_from(
                 self.histories[history],
                 self.types[history],
-                self.positions[history],
+                self.variants.positions[history],
                 self.drops(rec, history, missing),
             )
             self._drivers.update(
                 ((history, item), drivers) for item, drivers in zip(missing, found, strict=True)
             )
         return [self._drivers[(history, item)] for item in items]
-
-
-def attribute(
-    rec: Recommender, histories: Sequence[Sequence[str]], types: Sequence[Sequence[str]] | None
-) -> Attribution:
-    """Encode histories and their leave-one-out variants (the last ATTRIBUTION_WINDOW events each).
-
-    Each history is mapped to model inputs once (a variant is its input minus one event), and identical
-    inputs (a repeated event, or two users with one history) are encoded once. A history with no known
-    item gets a zero session vector and nothing to attribute, as in `Recommender.encode`.
-    """
-    inputs: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}  # distinct model input -> its row
-
-    def row_of(indices: list[int], type_ids: list[int]) -> int:
-        return inputs.setdefault((tuple(indices), tuple(type_ids)), len(inputs))
-
-    types = types if types is not None else [["view"] * len(history) for history in histories]
-    rows: list[list[int]] = []
-    positions: list[list[int]] = []
-    for history, event_types in zip(histories, types, strict=True):
-        indices, type_ids = encode_history(history, event_types, rec.vocab)
-        known = [p for p, item in enumerate(history) if item in rec.vocab]  # aligned with `indices`
-        window = [j for j, p in enumerate(known) if p >= len(history) - ATTRIBUTION_WINDOW]
-        rows.append(
-            [
-                row_of(indices, type_ids),
-                *(row_of(indices[:j] + indices[j + 1 :], type_ids[:j] + type_ids[j + 1 :]) for j in window),
-            ]
-        )
-        positions.append([known[j] for j in window])
-    distinct = list(inputs)
-    encoded = encode_sessions(rec.model, distinct, next(rec.model.parameters()).device)
-    encoded.vectors[[not indices for indices, _ in distinct]] = 0.0
-    return Attribution(encoded, rows, positions, histories, types)
 
 
 def drivers_from(
@@ -198,7 +159,7 @@ def drivers_from(
 
 
 def explain_items(
-    rec: Recommender, attribution: Attribution, recommendations: Sequence[Sequence[tuple[str, float]]]
+    rec: TrainedItems, attribution: Attribution, recommendations: Sequence[Sequence[tuple[str, float]]]
 ) -> list[list[ExplainedItem]]:
     """Reasons and a one-line explanation for every recommended item of a micro-batch of users, one
     list of recommendations per history of `attribution` (from `attribute`)."""
@@ -224,13 +185,13 @@ def explain_items(
     return answers
 
 
-def _interactions(rec: Recommender, item: str) -> int:
+def _interactions(rec: TrainedItems, item: str) -> int:
     """Training interactions of an item (0 for one the model never saw)."""
     row = rec.vocab.get(item)
     return 0 if row is None else int(rec.popularity[row])
 
 
-def item_line(rec: Recommender, item: str, reasons: Reasons) -> str:
+def item_line(rec: TrainedItems, item: str, reasons: Reasons) -> str:
     match reasons.code:
         case "popular":
             return f"{describe(rec, item)}: a best seller right now"

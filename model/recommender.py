@@ -1,13 +1,16 @@
 """`Recommender`: the trained session model plus its FAISS index, loaded from a versioned artifact.
 
-This is the one scoring API of the project: the stream calls `encode` + `search` once per micro-batch,
-offline users call `recommend`, and the evaluator wraps it as a full-ranking `Scorer`.
+`answer_batch` is the one answer seam: a batch of sessions in, explained items and explained bundles out.
+The stream and the query API call it once per micro-batch; `recommend` and `bundles` are its one-user
+forms; the evaluator ranks with `recommend_batch` (unexplained) or wraps `encode` as a full-ranking
+`Scorer`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
@@ -17,16 +20,16 @@ import pandas as pd
 import torch
 
 from index.faiss_index import ItemIndex
+from model.answers import Answer, Query, Recommendation, first_distinct
 from model.artifacts import CONFIG, new_version, resolve_version
 from model.bundles import CANDIDATES_PER_ANCHOR, ExplainedBundle, explained_bundles
+from model.bundles import warm_up as warm_up_bundles
 from model.complement.model import ComplementModel
 from model.data import Case, Dataset, Session, item_names
-from model.explain import attribute
-from model.sasrec.encode import EncodedSessions, encode_history, encode_sessions
+from model.explain import ATTRIBUTION_WINDOW, Attribution, explain_items
+from model.sasrec.encode import EncodedSessions, encode_leave_one_out
 from model.sasrec.model import SASRec, SASRecConfig, SASRecEnsemble, SessionModel, session_model
 from model.vocab import ItemVocab
-
-Recommendation = tuple[str, float]
 
 
 def write_artifact(
@@ -124,18 +127,24 @@ class Recommender:
         """Whether any item of the history is known to the model (else answers fall back to popularity)."""
         return any(item in self.vocab for item in history)
 
+    def attribute(
+        self,
+        histories: Sequence[Sequence[str]],
+        types: Sequence[Sequence[str]],
+        window: int = ATTRIBUTION_WINDOW,
+    ) -> Attribution:
+        """Session vectors of histories, with the leave-one-out variants of their last `window` events that
+        explanations read (`model.explain`), in one batched forward."""
+        variants = encode_leave_one_out(self.model, self.vocab, histories, types, window, self._device)
+        return Attribution(variants, histories, types)
+
     def encode(
         self, histories: Sequence[Sequence[str]], types: Sequence[Sequence[str]] | None = None
     ) -> EncodedSessions:
         """Session vectors and repeat bonuses, one batched forward; a history with no known item gets a
         zero vector and no repeats."""
-        encoded = [
-            encode_history(history, types[i] if types is not None else None, self.vocab)
-            for i, history in enumerate(histories)
-        ]
-        sessions = encode_sessions(self.model, encoded, self._device)
-        sessions.vectors[[not items for items, _ in encoded]] = 0.0
-        return sessions
+        types = types if types is not None else [("view",) * len(history) for history in histories]
+        return encode_leave_one_out(self.model, self.vocab, histories, types, 0, self._device).sessions
 
     def search(
         self, sessions: EncodedSessions, k: int, exclude: Sequence[Collection[str]] | None = None
@@ -177,6 +186,81 @@ class Recommender:
                     break
         return picks
 
+    def answer_batch(
+        self,
+        queries: Sequence[Query],
+        k: int = 20,
+        bundles: int = 3,
+        bundle_size: int = 3,
+        *,
+        budget: float | None = None,
+        trending: Callable[[int], Sequence[Recommendation]] | None = None,
+        stage: Callable[[str], AbstractContextManager[object]] = lambda _: nullcontext(),
+    ) -> list[Answer]:
+        """The answer seam: for each session, its top-k items and up to `bundles` bundles of
+        `bundle_size` items, every one explained (`model.explain`, `model.bundles`).
+
+        One batched forward (sessions and their leave-one-out variants) and one search deep enough for
+        the items and the bundle anchors serve the whole batch. Sessions with no known item get
+        popularity, `trending` first when given (a live count of the last hours; it is called with how
+        many it should return), and no bundles. `stage` times the steps ("model", "faiss", "bundles")
+        for whoever measures them. An artifact without a complement model offers no bundles.
+        """
+        bundles = bundles if self.complements is not None else 0
+        depth = max(k, CANDIDATES_PER_ANCHOR) if bundles else k
+        attribution, candidates, cold = self._retrieve(queries, depth, ATTRIBUTION_WINDOW, stage)
+        rankings = [ranked[:k] for ranked in candidates]
+        if cold:
+            depth = k + max(len(queries[i].excluded_items) for i in cold)
+            sources = ((trending(depth) if trending is not None else ()), self.popular(depth))
+            for i in cold:
+                rankings[i] = first_distinct(sources, queries[i].excluded_items, k)
+        with stage("bundles"):
+            items = explain_items(self, attribution, rankings)
+            offered = (
+                explained_bundles(
+                    self,
+                    attribution,
+                    candidates,
+                    [query.cart for query in queries],
+                    [query.exclude for query in queries],
+                    n=bundles,
+                    size=bundle_size,
+                    budget=budget,
+                )
+                if bundles
+                else [[] for _ in queries]
+            )
+        cold_rows = set(cold)
+        return [
+            Answer(tuple(explained), tuple(offer), row in cold_rows)
+            for row, (explained, offer) in enumerate(zip(items, offered, strict=True))
+        ]
+
+    def _retrieve(
+        self,
+        queries: Sequence[Query],
+        depth: int,
+        window: int,
+        stage: Callable[[str], AbstractContextManager[object]],
+    ) -> tuple[Attribution, list[list[Recommendation]], list[int]]:
+        """The batch's attribution, the model's top `depth` per session (none for a session with no known
+        item), and the rows of those cold sessions."""
+        with stage("model"):
+            attribution = self.attribute(
+                [query.history for query in queries], [query.event_types for query in queries], window
+            )
+        warm = [row for row, query in enumerate(queries) if self.known(query.history)]
+        candidates: list[list[Recommendation]] = [[] for _ in queries]
+        with stage("faiss"):
+            found = self.search(
+                attribution.sessions[warm], depth, [queries[row].excluded_items for row in warm]
+            )
+        for row, ranked in zip(warm, found, strict=True):
+            candidates[row] = ranked
+        cold = [row for row, query in enumerate(queries) if not self.known(query.history)]
+        return attribution, candidates, cold
+
     def recommend_batch(
         self,
         histories: Sequence[Sequence[str]],
@@ -184,17 +268,17 @@ class Recommender:
         k: int = 20,
         exclude: Sequence[Collection[str]] | None = None,
     ) -> list[list[Recommendation]]:
-        """Top-k per history; histories with no known item get popularity instead of the model (and
-        are neither encoded nor searched)."""
+        """Top-k (id, score) per history, unexplained (what offline evaluation ranks by); histories with no
+        known item get training popularity."""
         exclude = exclude if exclude is not None else [()] * len(histories)
-        known = [row for row, history in enumerate(histories) if self.known(history)]
-        sessions = self.encode(
-            [histories[row] for row in known], [types[row] for row in known] if types is not None else None
-        )
-        found = dict(zip(known, self.search(sessions, k, [exclude[row] for row in known]), strict=True))
-        return [
-            found[row] if row in found else self.popular(k, excluded) for row, excluded in enumerate(exclude)
+        queries = [
+            Query(history, types[row] if types is not None else None, exclude=exclude[row])
+            for row, history in enumerate(histories)
         ]
+        _, ranked, cold = self._retrieve(queries, k, 0, lambda _: nullcontext())
+        for row in cold:
+            ranked[row] = self.popular(k, queries[row].excluded_items)
+        return ranked
 
     def recommend(
         self,
@@ -212,28 +296,6 @@ class Recommender:
             raise ValueError(f"artifact {self.version} has no complement model (trained without baskets)")
         return self.complements.complete(items, k)
 
-    def bundles_batch(
-        self,
-        histories: Sequence[Sequence[str]],
-        types: Sequence[Sequence[str]] | None = None,
-        carts: Sequence[Sequence[str]] | None = None,
-        excludes: Sequence[Collection[str]] | None = None,
-        n: int = 3,
-        size: int = 3,
-        budget: float | None = None,
-    ) -> list[list[ExplainedBundle]]:
-        """Up to n explained bundles of `size` items per user (see model/bundles.py): one batched encode
-        (with the attribution their explanations need) and one search for all users."""
-        carts = carts if carts is not None else [()] * len(histories)
-        excludes = excludes if excludes is not None else [()] * len(histories)
-        attribution = attribute(self, histories, types)
-        candidates = self.search(
-            attribution.sessions,
-            CANDIDATES_PER_ANCHOR,
-            [{*excluded, *cart} for excluded, cart in zip(excludes, carts, strict=True)],
-        )
-        return explained_bundles(self, attribution, candidates, carts, excludes, n, size, budget)
-
     def bundles(
         self,
         history: Sequence[str],
@@ -244,7 +306,19 @@ class Recommender:
         exclude: Collection[str] = (),
     ) -> list[ExplainedBundle]:
         """Up to n explained bundles of `size` items for one user (see model/bundles.py)."""
-        return self.bundles_batch([history], None, [cart], [exclude], n=n, size=size, budget=budget)[0]
+        if self.complements is None:
+            raise ValueError(f"artifact {self.version} has no complement model (trained without baskets)")
+        query = Query(history, cart=cart, exclude=exclude)
+        return list(self.answer_batch([query], k=0, bundles=n, bundle_size=size, budget=budget)[0].bundles)
+
+    def warm_up(self) -> None:
+        """Build the lazy parts (item names, bundle caches, a first forward) now, so that the first
+        answers, possibly right after a hot swap, do not pay for them."""
+        popular = [item for item, _ in self.popular(2)]
+        if popular:
+            if self.complements is not None:
+                warm_up_bundles(self)
+            self.answer_batch([Query(popular[:1])], k=1, bundles=1)
 
 
 class RecommenderScorer:

@@ -14,8 +14,6 @@ from pathlib import Path
 
 from model import Recommender
 from model.artifacts import resolve_version
-from model.bundles import warm_up
-from model.explain import attribute, explain_items
 from stream import metrics
 
 log = logging.getLogger(__name__)
@@ -25,14 +23,7 @@ def load_warm(path: Path) -> Recommender:
     """Load a version and build its lazy parts (item names, bundle caches, first forward) right away, so
     that the first batches it answers, possibly right after a hot swap, do not pay for them."""
     recommender = Recommender.load(path)
-    popular = [item for item, _ in recommender.popular(2)]
-    if popular:
-        history, types = [popular[:1]], [["view"]]
-        attribution = attribute(recommender, history, types)
-        explain_items(recommender, attribution, [[(popular[-1], 0.0)]])
-        if recommender.complements is not None:
-            warm_up(recommender)
-            recommender.bundles(popular[:1])
+    recommender.warm_up()
     return recommender
 
 

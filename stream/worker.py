@@ -26,8 +26,9 @@ from mode import CrashingSupervisor
 from mode.utils.aiter import aiter
 from mode.utils.futures import notify
 
+from model.answers import Answer
 from stream import metrics
-from stream.answer import Answer, recommendation_message
+from stream.answer import recommendation_message
 from stream.config import StreamSettings
 from stream.events import DlqReason, ForgetRequest, Rejection, dead_letter
 from stream.health import Liveness
@@ -37,6 +38,7 @@ from stream.sessions import SessionPartitions
 from stream.state import UserState, sweep_expired
 from stream.topics import ensure_topics
 from stream.transport import BundlecastApp, DrainingProducer
+from stream.upstream import check_upstream
 
 log = logging.getLogger(__name__)
 
@@ -345,21 +347,21 @@ def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
                 recommendation_message(
                     item.event,
                     recommender.version,
-                    answer,
+                    answered.content,
                     generated_at,
                     (time.monotonic() - item.arrived) * 1e3,
                 ),
                 item.arrived,
-                answer,
+                answered.answer,
             )
-            for item, answer in zip(admitted, answers, strict=True)
+            for item, answered in zip(admitted, answers, strict=True)
         ]
         for (key, letter), reason in letters:
             dlq.send_soon(key=key, value=letter)
             metrics.DLQ_EVENTS.labels(reason=reason).inc()
-        for item, answer in zip(admitted, answers, strict=True):
+        for item, answered in zip(admitted, answers, strict=True):
             metrics.EVENTS_CONSUMED.labels(type=item.event.type).inc()
-            metrics.COLD_START_ANSWERS.inc(answer.cold_start)
+            metrics.COLD_START_ANSWERS.inc(answered.answer.cold_start)
         metrics.USERS_ERASED.inc(erased)
         outgoing.extend(messages)
         metrics.BATCH_SIZE.observe(len(events))
@@ -445,6 +447,7 @@ def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
 
 def run_worker(settings: StreamSettings, log_level: str = "warning") -> None:
     """Run a worker until SIGINT/SIGTERM; Faust then commits what was answered and closes cleanly."""
+    check_upstream()
     import faiss
     import torch
 

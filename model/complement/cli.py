@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
+from model.answers import Query
 from model.bundles import assemble
 from model.complement.evaluate import (
     CompletionResult,
@@ -26,7 +27,6 @@ from model.complement.evaluate import (
 )
 from model.complement.model import ComplementModel
 from model.data import load_dataset
-from model.explain import attribute
 from model.neardup import ProductKinds
 from model.recommender import Recommender
 
@@ -132,8 +132,14 @@ def evaluate(
         served = [
             tuple(bundle.items)
             for start in batches
-            for user in rec.bundles_batch(histories[start : start + 64], types[start : start + 64])
-            for bundle in user
+            for answer in rec.answer_batch(
+                [
+                    Query(h, t)
+                    for h, t in zip(histories[start : start + 64], types[start : start + 64], strict=True)
+                ],
+                k=0,
+            )
+            for bundle in answer.bundles
         ]
         report["bundles_for_users"] = asdict(bundle_quality(served, kinds, catalogue_size))
         report["faithfulness"] = faithfulness(rec, histories, types, seed)
@@ -156,7 +162,7 @@ def faithfulness(
         batch_histories = [histories[i] for i in rows]
         batch_types = [types[i] for i in rows]
         top = [answer[0][0] for answer in rec.recommend_batch(batch_histories, batch_types, k=1)]
-        attribution = attribute(rec, batch_histories, batch_types)
+        attribution = rec.attribute(batch_histories, batch_types)
         for row, item in enumerate(top):
             drops = sorted(attribution.drops(rec, row, [item])[:, 0].tolist(), reverse=True)
             if len(drops) < 2:

@@ -221,18 +221,13 @@ class ComplementModel:
         return top, scores[top]
 
     def strength(self, row: int, columns: np.ndarray) -> np.ndarray:
-        """Symmetric complement strength of one row with many: max(pair_score(a, b), pair_score(b, a))."""
+        """Symmetric complement strength of one row with many: the larger of scores[a, b] and scores[b, a]."""
         start, end = self.pair_strength.indptr[row], self.pair_strength.indptr[row + 1]
         if start == end:
             return np.zeros(len(columns))
         kept, values = self.pair_strength.indices[start:end], self.pair_strength.data[start:end]
         found = np.searchsorted(kept, columns).clip(max=len(kept) - 1)
         return np.where(kept[found] == columns, values[found], 0.0).astype(np.float64)
-
-    def pair_score(self, a: str, b: str) -> float:
-        """How well b complements a (0 when b is not among a's kept complements)."""
-        ia, ib = self.vocab.get(a), self.vocab.get(b)
-        return 0.0 if ia is None or ib is None else float(self.scores[ia, ib])
 
     def evidence(self, a: str, b: str) -> tuple[int, float]:
         """(baskets containing both, lift = P(a, b) / (P(a) P(b))); (0, 0.0) for unknown items."""

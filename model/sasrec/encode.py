@@ -143,3 +143,56 @@ def _summed_bonus(items: np.ndarray, bonus: np.ndarray, n_items: int) -> list[di
     bounds = np.searchsorted(rows, np.arange(len(items) + 1)).tolist()
     indices = (item_ids - 1).tolist()
     return [dict(zip(indices[begin:end], sums[begin:end], strict=True)) for begin, end in pairwise(bounds)]
+
+
+@dataclass(frozen=True)
+class LeaveOneOut:
+    """Histories encoded together with their leave-one-out variants (see `encode_leave_one_out`)."""
+
+    encoded: EncodedSessions  # every distinct model input of the batch
+    rows: list[list[int]]  # per history: its full input's row, then one row per left-out position
+    positions: list[list[int]]  # per history: the history positions left out, aligned with rows[1:]
+
+    @property
+    def sessions(self) -> EncodedSessions:
+        """One row per history: its full input."""
+        return self.encoded[[rows[0] for rows in self.rows]]
+
+
+def encode_leave_one_out(
+    model: SessionModel,
+    vocab: ItemVocab,
+    histories: Sequence[Sequence[str]],
+    types: Sequence[Sequence[str]],
+    window: int,
+    device: torch.device,
+) -> LeaveOneOut:
+    """Encode histories and, for each of their last `window` known events, the history without it, in
+    one batched forward.
+
+    Each history is mapped to model inputs once (a variant is its input minus one event), and identical
+    inputs (a repeated event, or two users with one history) are encoded once. A history with no known
+    item gets a zero session vector and no variants.
+    """
+    inputs: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}  # distinct model input -> its row
+
+    def row_of(indices: list[int], type_ids: list[int]) -> int:
+        return inputs.setdefault((tuple(indices), tuple(type_ids)), len(inputs))
+
+    rows: list[list[int]] = []
+    positions: list[list[int]] = []
+    for history, event_types in zip(histories, types, strict=True):
+        indices, type_ids = encode_history(history, event_types, vocab)
+        known = [p for p, item in enumerate(history) if item in vocab]  # aligned with `indices`
+        left_out = [j for j, p in enumerate(known) if p >= len(history) - window]
+        rows.append(
+            [
+                row_of(indices, type_ids),
+                *(row_of(indices[:j] + indices[j + 1 :], type_ids[:j] + type_ids[j + 1 :]) for j in left_out),
+            ]
+        )
+        positions.append([known[j] for j in left_out])
+    distinct = list(inputs)
+    encoded = encode_sessions(model, distinct, device)
+    encoded.vectors[[not indices for indices, _ in distinct]] = 0.0
+    return LeaveOneOut(encoded, rows, positions)

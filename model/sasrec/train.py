@@ -42,8 +42,6 @@ class TrainConfig:
     # epochs keeps it, so it retraces the tuning run's schedule up to the chosen epoch.
     decay_epochs: int = 6
     negatives: int = 4096  # shared uniform negatives per step (sampled softmax); 0 = full softmax
-    cooccurrence_init: bool = True  # start item embeddings from an SVD of session co-occurrence
-    logq_correction: bool = True  # correct sampled-softmax logits for how often each item is sampled
     max_valid_cases: int = 10_000  # validation is a deterministic sample when larger, to keep epochs cheap
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -226,10 +224,9 @@ def train(
     device = resolve_device(config.device)
     model = SASRec(model_config)
     windows = training_windows(train_sessions, vocab, model_config.max_len)
-    if config.cooccurrence_init:
-        with torch.no_grad():
-            init = cooccurrence_embeddings(windows, len(vocab), model_config.dim)
-            model.item_emb.weight[1:] = init * model.item_emb.weight[1:].norm(dim=-1).mean()
+    with torch.no_grad():  # item embeddings start from session co-occurrence (see cooccurrence_embeddings)
+        init = cooccurrence_embeddings(windows, len(vocab), model_config.dim)
+        model.item_emb.weight[1:] = init * model.item_emb.weight[1:].norm(dim=-1).mean()
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     lengths = [len(items) for items, _ in windows]
@@ -266,7 +263,6 @@ def train(
         for items, types, targets in progress:
             targets = targets.to(device)
             picked, log_q = candidates(targets, items, config, item_share)
-            log_q = log_q if config.logq_correction else None
             loss = model.loss(items.to(device), types.to(device), targets, picked, log_q)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from model.answers import Query
 from model.bundles import POOL_CACHE_SIZE, assemble, context_for, warm_up
 from model.complement.model import ComplementConfig, ComplementModel
 from model.neardup import ProductKinds
@@ -155,12 +156,14 @@ def test_a_bundle_line_says_how_its_anchor_relates_to_the_user(artifact_root: Pa
     in_cart, looked_at = rec.bundles(history[:2], cart=[history[0]], n=2, size=2)
     assert (in_cart.anchor, looked_at.anchor) == (history[0], history[1])
     assert "in your cart" in in_cart.explanation and "you are looking at" in looked_at.explanation
-    bought = rec.bundles_batch([history[:2]], [["view", "purchase"]], excludes=[{history[1]}], n=1, size=2)[
-        0
-    ][0]
+    bought = rec.answer_batch(
+        [Query(history[:2], ["view", "purchase"], exclude={history[1]})], k=0, bundles=1, bundle_size=2
+    )[0].bundles[0]
     assert bought.anchor == history[1] and "you just bought" in bought.explanation
     assert history[1] not in bought.items  # a purchased anchor is context, not a member
-    picked = rec.bundles_batch([history[:2]], carts=[history[:2]], n=3, size=2)[0][-1]
+    picked = rec.answer_batch([Query(history[:2], cart=history[:2])], k=0, bundles=3, bundle_size=2)[
+        0
+    ].bundles[-1]
     assert picked.anchor not in history[:2] and "picked for you" in picked.explanation
 
 

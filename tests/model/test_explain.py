@@ -11,7 +11,7 @@ from pydantic_core import to_json
 
 from model.complement.cli import faithfulness
 from model.data import Dataset
-from model.explain import Attribution, Driver, Evidence, Reasons, attribute, drivers_from, explain_items
+from model.explain import Attribution, Driver, Evidence, Reasons, drivers_from, explain_items
 from model.recommender import Recommender
 
 
@@ -25,7 +25,7 @@ def test_every_item_is_explained(rec: Recommender, online_retail_sample: Dataset
     histories = [list(case.prefix) for case in cases] + [[], ["no-such-item"]]
     types = [list(case.prefix_types) for case in cases] + [[], ["view"]]
     recommendations = rec.recommend_batch(histories, types, k=5)
-    answers = explain_items(rec, attribute(rec, histories, types), recommendations)
+    answers = explain_items(rec, rec.attribute(histories, types), recommendations)
     assert [len(a) for a in answers] == [len(r) for r in recommendations]
     for history, answer in zip(histories, answers, strict=True):
         for item in answer:
@@ -62,13 +62,13 @@ def test_leave_one_out_matches_single_encodes(rec: Recommender, online_retail_sa
     case = next(c for c in online_retail_sample.test if len({i for i in c.prefix if i in rec.vocab}) >= 3)
     history, types = list(case.prefix), list(case.prefix_types)
     target = rec.recommend(history, k=1, types=types)[0][0]
-    attribution = attribute(rec, [history], [types])
+    attribution = rec.attribute([history], [types])
     drops = attribution.drops(rec, 0, [target])[:, 0]
     row = rec.vocab.get(target)
     encoded = rec.encode([history], [types])
     assert attribution.sessions.vectors[0] == pytest.approx(encoded.vectors[0], abs=1e-5)
     full = encoded.scores(rec.item_vectors)[0, row]
-    for position, drop in zip(attribution.positions[0], drops, strict=True):
+    for position, drop in zip(attribution.variants.positions[0], drops, strict=True):
         left_out = rec.encode([without(history, position)], [without(types, position)])
         assert drop == pytest.approx(float(full - left_out.scores(rec.item_vectors)[0, row]), abs=1e-4)
 
@@ -90,14 +90,16 @@ def test_leave_one_out_with_repeated_events_matches_single_encodes(
     history = [base[0], base[0], "no-such-item", *base, base[-1]]
     types = [base_types[0], base_types[0], "view", *base_types, base_types[-1]]
     targets = [item for item, _ in rec.recommend(history, k=3, types=types)]
-    attribution = attribute(rec, [history, history], [types, types])
-    assert attribution.positions[0] == [p for p, i in enumerate(history) if i in rec.vocab]
-    assert attribution.rows[0] == attribution.rows[1]  # the second user's inputs are the first's
+    attribution = rec.attribute([history, history], [types, types])
+    assert attribution.variants.positions[0] == [p for p, i in enumerate(history) if i in rec.vocab]
+    assert (
+        attribution.variants.rows[0] == attribution.variants.rows[1]
+    )  # the second user's inputs are the first's
     drops = attribution.drops(rec, 0, [*targets, "no-such-item"])
     assert not drops[:, -1].any()
     rows = [rec.vocab.get(target) for target in targets]
     full = rec.encode([history], [types]).scores(rec.item_vectors)[0, rows]
-    for position, position_drops in zip(attribution.positions[0], drops, strict=True):
+    for position, position_drops in zip(attribution.variants.positions[0], drops, strict=True):
         left_out = rec.encode([without(history, position)], [without(types, position)])
         expected = full - left_out.scores(rec.item_vectors)[0, rows]
         assert position_drops[:-1] == pytest.approx(expected, abs=1e-4)
@@ -129,8 +131,10 @@ def test_drivers_are_computed_once_per_item_and_match_drivers_from(
     case = next(c for c in online_retail_sample.test if len({i for i in c.prefix if i in rec.vocab}) >= 3)
     history, types = list(case.prefix), list(case.prefix_types)
     items = [item for item, _ in rec.recommend(history, k=6, types=types)]
-    attribution = attribute(rec, [history], [types])
-    expected = drivers_from(history, types, attribution.positions[0], attribution.drops(rec, 0, items))
+    attribution = rec.attribute([history], [types])
+    expected = drivers_from(
+        history, types, attribution.variants.positions[0], attribution.drops(rec, 0, items)
+    )
     asked: list[str] = []
     drops = Attribution.drops
     monkeypatch.setattr(

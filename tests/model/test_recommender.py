@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from model import Recommender
+from model.answers import Query
 from model.artifacts import LATEST, new_version, resolve_version
 from model.data import Dataset, load_online_retail
 from model.recommender import RecommenderScorer
@@ -101,6 +104,36 @@ def test_batch_equals_one_by_one(rec: Recommender, online_retail_sample: Dataset
         single = rec.recommend(history, k=5)
         assert [item for item, _ in answer] == [item for item, _ in single]
         np.testing.assert_allclose([s for _, s in answer], [s for _, s in single], rtol=1e-5)
+
+
+def test_the_answer_seam_ranks_like_recommend_and_explains_items_and_bundles(
+    rec: Recommender, online_retail_sample: Dataset
+) -> None:
+    sessions = online_retail_sample.train[:4]
+    queries = [
+        Query(s.items[-6:], s.types[-6:], cart=s.items[-2:-1], exclude={s.items[-3]}) for s in sessions
+    ] + [Query(["NO-SUCH"])]
+    stages: list[str] = []
+
+    @contextmanager
+    def timed(name: str) -> Iterator[None]:
+        stages.append(name)
+        yield
+
+    answers = rec.answer_batch(queries, k=8, bundles=2, bundle_size=3, stage=timed)
+    assert stages == ["model", "faiss", "bundles"]
+    for query, answer in zip(queries[:-1], answers[:-1], strict=True):
+        expected = rec.recommend(query.history, 8, query.excluded_items, query.types)
+        assert [i.item_id for i in answer.items] == [item for item, _ in expected]
+        assert all(i.explanation and i.reasons.code != "popular" for i in answer.items)
+        assert 1 <= len(answer.bundles) <= 2 and not answer.cold_start
+        assert all(not set(query.exclude) & set(b.items) for b in answer.bundles)
+    cold = answers[-1]
+    assert cold.cold_start and cold.bundles == ()
+    assert [i.item_id for i in cold.items] == [item for item, _ in rec.popular(8)]
+    trending = rec.vocab.item_ids[-1]
+    first = rec.answer_batch(queries[-1:], k=8, trending=lambda depth: [(trending, 1.0)])[0]
+    assert first.items[0].item_id == trending and first.items[0].reasons.code == "popular"
 
 
 def test_scorer_ranks_the_harness_vocabulary(rec: Recommender, online_retail_sample: Dataset) -> None:

@@ -69,6 +69,8 @@ def test_a_forget_request_needs_no_item_nor_time() -> None:
         (b"u1", encode(VALID | {"item_id": 85123}), "wrong_type"),
         (b"u1", encode(VALID | {"price": "2.55"}), "wrong_type"),
         (b"u1", encode(VALID | {"quantity": True}), "wrong_type"),
+        (b"u1", encode(VALID | {"price": -0.01}), "wrong_type"),
+        (b"u1", encode(VALID | {"quantity": -1}), "wrong_type"),
         (b"u1", encode(VALID | {"type": "click"}), "unknown_type"),
         (b"u1", encode(VALID | {"item_id": "i" * 17}), "id_too_long"),
         (b"u1", encode(VALID | {"ts": "yesterday"}), "bad_timestamp"),
@@ -86,6 +88,13 @@ def test_malformed_input_is_rejected_with_its_reason(key: bytes, value: bytes | 
     assert isinstance(rejection, Rejection)
     assert rejection.reason == reason and rejection.detail
     assert rejection.reason in DLQ_REASONS
+
+
+@pytest.mark.parametrize("bound", [{"price": 0}, {"quantity": 0}, {"price": 0.0, "quantity": 1e6}])
+def test_zero_and_large_prices_and_quantities_are_valid(bound: dict[str, float]) -> None:
+    event = parse_event(b"u1", encode(VALID | bound), LIMITS)
+    assert isinstance(event, ClickEvent)
+    assert (event.price, event.quantity) == (bound.get("price"), bound.get("quantity"))
 
 
 @pytest.mark.parametrize(

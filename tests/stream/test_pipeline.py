@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from model import Recommender
+from model.answers import Answer, first_distinct
 from model.explain import ExplainedItem, Reasons
-from stream.answer import Answer, popular, recommendation_message
+from stream.answer import answer_content, recommendation_message
 from stream.config import StreamSettings
 from stream.events import ClickEvent, Rejection
 from stream.pipeline import Admitted, Pipeline
@@ -38,8 +39,16 @@ def admit_all(
     return admitted  # type: ignore[return-value]
 
 
+def answers_of(
+    pipeline: Pipeline, recommender: Recommender, batch: list[Admitted], now: float
+) -> list[Answer]:
+    return [answered.answer for answered in pipeline.answer(recommender, batch, now)]
+
+
 def test_popular_prefers_the_first_source_and_skips_excluded() -> None:
-    items = popular([[("a", 5.0), ("b", 4.0)], [("b", 0.3), ("c", 0.2), ("d", 0.1)]], frozenset({"a"}), k=3)
+    items = first_distinct(
+        [[("a", 5.0), ("b", 4.0)], [("b", 0.3), ("c", 0.2), ("d", 0.1)]], frozenset({"a"}), k=3
+    )
     assert items == [("b", 4.0), ("c", 0.2), ("d", 0.1)]
 
 
@@ -47,7 +56,7 @@ def test_message_matches_the_schema() -> None:
     reasons = Reasons(code="personalized")
     answer = Answer((ExplainedItem(item_id="a", score=0.5, reasons=reasons, explanation="a: because of b"),))
     event = ClickEvent("e1", "u1", "a", "view", 1.0)
-    body = json.loads(recommendation_message(event, "v1", answer, datetime.now(UTC), 1.25))
+    body = json.loads(recommendation_message(event, "v1", answer_content(answer), datetime.now(UTC), 1.25))
     jsonschema.validate(body, load_schema("recommendation"))
     assert (body["event_id"], body["model_version"], body["bundles"]) == ("e1", "v1", [])
 
@@ -63,7 +72,9 @@ def test_later_answers_reflect_earlier_events(recommender: Recommender) -> None:
     after = recommender.encode([later[-1].state.history], [later[-1].state.history_types])
     assert not np.allclose(before.vectors, after.vectors)
 
-    answers = [pipeline.answer(recommender, [admitted], now=100.0)[0] for admitted in (first[0], later[-1])]
+    answers = [
+        answers_of(pipeline, recommender, [admitted], now=100.0)[0] for admitted in (first[0], later[-1])
+    ]
     assert [len(a.items) for a in answers] == [10, 10]
     assert answers[0].items != answers[1].items
     assert items[2] not in {i.item_id for i in answers[1].items}  # purchased: never recommended again
@@ -79,9 +90,9 @@ def test_a_users_events_in_one_batch_are_answered_from_their_latest_state(recomm
         states,
         [message(1, "u1", items[0]), message(2, "u2", items[3]), message(3, "u1", items[1], "purchase")],
     )
-    answers = pipeline.answer(recommender, batch, now=100.0)
-    latest_u1 = pipeline.answer(recommender, batch[2:], now=100.0)[0]
-    alone_u2 = pipeline.answer(recommender, batch[1:2], now=100.0)[0]
+    answers = answers_of(pipeline, recommender, batch, now=100.0)
+    latest_u1 = answers_of(pipeline, recommender, batch[2:], now=100.0)[0]
+    alone_u2 = answers_of(pipeline, recommender, batch[1:2], now=100.0)[0]
     assert answers[0] is answers[2]  # computed once for u1
 
     def picks(answer: Answer) -> tuple[list[str], list[tuple[str, ...]]]:  # batch padding moves scores ~1e-6
@@ -97,7 +108,7 @@ def test_purchased_items_are_excluded_even_when_the_model_ranks_them_first(recom
     unrestricted = recommender.recommend([item], k=5)
     favourite = unrestricted[0][0]
     admitted = admit_all(pipeline, {}, [message(1, "u1", item), message(2, "u1", favourite, "purchase")])
-    answer = pipeline.answer(recommender, admitted[-1:], now=100.0)[0]
+    answer = answers_of(pipeline, recommender, admitted[-1:], now=100.0)[0]
     assert favourite not in {i.item_id for i in answer.items} and len(answer.items) == 5
 
 
@@ -107,7 +118,7 @@ def test_cold_users_get_stream_popularity_then_training_popularity(recommender: 
     trending = recommender.vocab.item_ids[-1]  # rare in training, hot in the stream
     admit_all(pipeline, states, [message(n, f"warm{n}", trending, "purchase") for n in range(3)])
     cold = admit_all(pipeline, states, [message(10, "newcomer", "never-seen-item")])
-    answer = pipeline.answer(recommender, cold, now=100.0)[0]
+    answer = answers_of(pipeline, recommender, cold, now=100.0)[0]
     assert answer.items[0].item_id == trending
     assert len(answer.items) == 5
     assert {i.item_id for i in answer.items[1:]} <= {item for item, _ in recommender.popular(6)}
@@ -121,8 +132,8 @@ def test_only_users_with_a_known_item_are_searched_and_mixing_in_cold_ones_chang
     items = recommender.vocab.item_ids
     warm = [message(1, "w1", items[0]), message(2, "w2", items[1])]
     cold = [message(3, "c1", "never-seen-1"), message(4, "c2", "never-seen-2")]
-    alone = Pipeline(StreamSettings(top_k=5)).answer(
-        recommender, admit_all(Pipeline(StreamSettings()), {}, warm), 100.0
+    alone = answers_of(
+        Pipeline(StreamSettings(top_k=5)), recommender, admit_all(Pipeline(StreamSettings()), {}, warm), 100.0
     )
     searched: list[int] = []
     search = recommender.search
@@ -132,7 +143,9 @@ def test_only_users_with_a_known_item_are_searched_and_mixing_in_cold_ones_chang
         lambda sessions, *args: searched.append(len(sessions)) or search(sessions, *args),
     )
     pipeline = Pipeline(StreamSettings(top_k=5))
-    mixed = pipeline.answer(recommender, admit_all(pipeline, {}, [cold[0], warm[0], cold[1], warm[1]]), 100.0)
+    mixed = answers_of(
+        pipeline, recommender, admit_all(pipeline, {}, [cold[0], warm[0], cold[1], warm[1]]), 100.0
+    )
     assert searched == [2]
     assert [mixed[1], mixed[3]] == alone
     assert all(i.reasons.code == "popular" for answer in (mixed[0], mixed[2]) for i in answer.items)
@@ -164,11 +177,11 @@ def test_warm_answers_carry_explained_bundles_and_cold_answers_none(recommender:
     )
     cold = admit_all(pipeline, states, [message(5, "newcomer", "never-seen-item")])
     batch = [warm[2], warm[3], cold[0]]
-    answers = pipeline.answer(recommender, batch, now=100.0)
+    answers = answers_of(pipeline, recommender, batch, now=100.0)
 
     schema = load_schema("recommendation")
     for admitted, answer in zip(batch, answers, strict=True):
-        body = recommendation_message(admitted.event, "v1", answer, datetime.now(UTC), 1.0)
+        body = recommendation_message(admitted.event, "v1", answer_content(answer), datetime.now(UTC), 1.0)
         jsonschema.validate(json.loads(body), schema)
     u1, u2, newcomer = answers
     for answer, history in ((u1, {items[0], items[1], bought}), (u2, {items[7]})):
@@ -188,4 +201,4 @@ def test_warm_answers_carry_explained_bundles_and_cold_answers_none(recommender:
 def test_no_bundles_when_turned_off(recommender: Recommender) -> None:
     pipeline = Pipeline(StreamSettings(bundles_per_answer=0))
     admitted = admit_all(pipeline, {}, [message(1, "u1", recommender.vocab.item_ids[0])])
-    assert pipeline.answer(recommender, admitted, now=100.0)[0].bundles == ()
+    assert answers_of(pipeline, recommender, admitted, now=100.0)[0].bundles == ()

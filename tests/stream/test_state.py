@@ -56,6 +56,14 @@ def test_inactivity_gap_starts_a_new_session_but_keeps_purchases() -> None:
     assert state.sessions == 2
 
 
+def test_a_pause_of_exactly_the_gap_keeps_the_session_and_one_longer_ends_it() -> None:
+    last = 1002.0
+    same = play(event(1, "a"), event(2, "b"), event(3, "c", ts=last + LIMITS.session_gap_s))
+    assert same.history == ("a", "b", "c") and same.sessions == 1
+    after = play(event(1, "a"), event(2, "b"), event(3, "c", ts=last + LIMITS.session_gap_s + 0.001))
+    assert after.history == ("c",) and after.sessions == 2
+
+
 def test_redelivered_event_is_not_applied_twice() -> None:
     state = play(event(1, "a"), event(2, "b"))
     again, applied = apply_event(state, event(2, "b"), now=9.0, limits=LIMITS)

@@ -9,14 +9,14 @@ from collections.abc import Sequence
 
 if "worker" in sys.argv:
     from model import Recommender
-    from stream.answer import Answer
+    from stream.answer import Answered
     from stream.pipeline import Admitted, Pipeline
 
     answer = Pipeline.answer
 
     def answer_or_fail(
         self: Pipeline, recommender: Recommender, batch: Sequence[Admitted], now: float
-    ) -> list[Answer]:
+    ) -> list[Answered]:
         if any(admitted.event.item_id == "POISON" for admitted in batch):
             raise RuntimeError("injected failure for item POISON")
         return answer(self, recommender, batch, now)
