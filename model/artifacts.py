@@ -49,4 +49,7 @@ def resolve_version(path: Path) -> Path:
         if (version_dir / CONFIG).is_file():
             return version_dir
         raise FileNotFoundError(f"{path / LATEST} points to {version_dir}, which is not a complete version")
-    raise FileNotFoundError(f"{path} is neither an artifact root (no {LATEST}) nor a version directory")
+    raise FileNotFoundError(
+        f"{path} holds no trained model (no {LATEST}, not a version directory); "
+        f"train one with `bundlecast train --dataset online-retail --out {path}`"
+    )

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from tqdm import tqdm
 
-EVENT_TYPES: tuple[str, ...] = ("view", "add_to_cart", "remove_from_cart", "purchase")
+from model.contract import EVENT_TYPES, NON_NEGATIVE_FIELDS, TS_MAX_S, timestamp_seconds
 
 # Bundled, attributed subsets of the real data for the demo and the tests (see samples/README.md).
 SAMPLES_DIR: Path = Path(__file__).resolve().parent / "samples"
@@ -338,8 +338,9 @@ class EventLogRead:
 def read_events(path: Path) -> EventLogRead:
     """Read an event log (.csv[.gz], .jsonl[.gz] or .parquet); malformed rows are counted, never fatal.
 
-    Rows need user_id, item_id, type (one of EVENT_TYPES, any case) and ts (ISO-8601, naive meaning
-    UTC, or epoch seconds); session_id, price (>= 0) and quantity (> 0) are optional. A file that
+    Rows follow the event contract (`model.contract`, the stream's too): user_id, item_id, type (one of
+    EVENT_TYPES) and ts (epoch seconds or milliseconds, or ISO-8601, naive meaning UTC); session_id,
+    price and quantity (numbers >= 0) are optional. A file that
     lacks a required column altogether is a ValueError: no row of it could be read.
     """
     name = path.name.lower()
@@ -421,20 +422,20 @@ def _as_text(values: pd.Series) -> pd.Series:
 
 
 def _parse_ts(values: pd.Series) -> pd.Series:
-    """UTC timestamps from datetimes, epoch seconds or ISO-8601 text; NaT where unparseable."""
+    """UTC timestamps by the event contract (`model.contract.timestamp_seconds`: epoch seconds or
+    milliseconds, ISO-8601) or from typed datetimes; NaT where invalid or outside 1970..2100."""
     if pd.api.types.is_datetime64_any_dtype(values):
-        return values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
-    text = _as_text(values)
-    seconds = pd.to_numeric(text, errors="coerce")
-    iso = pd.to_datetime(text.where(seconds.isna()), format="ISO8601", utc=True, errors="coerce")
-    epoch = pd.to_datetime(seconds, unit="s", utc=True, errors="coerce")
-    return iso.fillna(epoch).astype("datetime64[ns, UTC]")
+        utc = values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
+        latest = pd.Timestamp(TS_MAX_S, unit="s", tz="UTC")
+        return utc.where((utc >= pd.Timestamp(0, tz="UTC")) & (utc <= latest)).astype("datetime64[ns, UTC]")
+    seconds = _as_text(values).map(timestamp_seconds, na_action="ignore").astype("float64")
+    return pd.to_datetime(seconds, unit="s", utc=True).astype("datetime64[ns, UTC]")
 
 
 def _valid_events(raw: pd.DataFrame, bad_rows: Counter[str]) -> pd.DataFrame:
     """Typed valid rows in file order; each invalid row is counted under the first reason it fails."""
     text = {column: _as_text(raw[column]) for column in (*_ID_COLUMNS, "type") if column in raw.columns}
-    event_type = text["type"].str.lower()
+    event_type = text["type"]
     ts = _parse_ts(raw["ts"])
     checks = [(f"missing {column}", text[column].isna()) for column in ("user_id", "item_id", "type")]
     checks += [
@@ -443,11 +444,11 @@ def _valid_events(raw: pd.DataFrame, bad_rows: Counter[str]) -> pd.DataFrame:
         ("bad timestamp", ts.isna()),
     ]
     numbers: dict[str, pd.Series] = {}
-    for column, zero_allowed in (("price", True), ("quantity", False)):
+    for column in NON_NEGATIVE_FIELDS:
         if column in raw.columns:
             given = _as_text(raw[column])
             number = pd.to_numeric(given, errors="coerce").astype("float64")
-            in_range = np.isfinite(number) & ((number >= 0) if zero_allowed else (number > 0))
+            in_range = np.isfinite(number) & (number >= 0)
             checks.append((f"bad {column}", given.notna() & ~in_range))
             numbers[column] = number
     reason = pd.Series(pd.NA, index=raw.index, dtype="string")
@@ -556,7 +557,7 @@ _DEFAULT_FILES: dict[str, str] = {
 def default_data_path(name: DatasetName) -> Path:
     """Where a bundled real dataset lives: under $BUNDLECAST_DATA_DIR, else <repo>/../shared/data."""
     if name not in _DEFAULT_FILES:
-        raise ValueError(f"dataset {name!r} has no default location; pass its path")
+        raise ValueError(f"dataset {name!r} has no default location: pass the file with --data PATH")
     repo = Path(__file__).resolve().parents[1]
     data_dir = Path(os.environ.get("BUNDLECAST_DATA_DIR", repo.parent / "shared" / "data"))
     return data_dir / _DEFAULT_FILES[name]

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
@@ -23,11 +24,56 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+DEBUG_ENV = "BUNDLECAST_DEBUG"
+
+
+@app.callback()
+def root(
+    debug: bool = typer.Option(
+        False, "--debug", help=f"Show the traceback of an error (also: {DEBUG_ENV}=1).", is_eager=True
+    ),
+) -> None:
+    """Bundlecast: streaming e-commerce recommendations and bundles on Kafka."""
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+
+
+def one_line(error: BaseException) -> str:
+    """What went wrong, in one line that says what to do where the error knows it."""
+    if isinstance(error, ValidationError):
+        fields = "; ".join(
+            f"{'BUNDLECAST_' + '_'.join(map(str, e['loc'])).upper() if e['loc'] else 'settings'}: "
+            f"{e['msg']} (got {e['input']!r})"
+            for e in error.errors()
+        )
+        return f"{fields}: fix the flag or the environment variable"
+    if isinstance(error, FileNotFoundError) and error.filename is not None:
+        return f"no such file or directory: {error.filename}"
+    if isinstance(error, UnicodeDecodeError):
+        return f"a file is not UTF-8 text ({error.reason} at byte {error.start}): is it the file you meant?"
+    text = " ".join(str(error).split())
+    if isinstance(error, ValueError | OSError | RuntimeError) and text:
+        return text
+    return f"{type(error).__name__}: {text} ({DEBUG_ENV}=1 or --debug shows the traceback)"
+
+
+def main() -> None:
+    """The `bundlecast` command: a mistake ends in one line on stderr and exit status 1, not a traceback."""
+    try:
+        app()
+    except Exception as error:
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        errors.print(f"[red]error:[/] {escape(one_line(error))}", soft_wrap=True, highlight=False)
+        raise SystemExit(1) from None
+
+
 register_model_commands(app)
 app.add_typer(index_app, name="index", help="FAISS index tools (benchmark).")
 app.add_typer(bundles_app, name="bundles", help="Complement model and bundle evaluation.")
 
 console = Console()
+errors = Console(stderr=True)
 ONLINE_RETAIL_SAMPLE = (
     Path(__file__).resolve().parents[1] / "model" / "samples" / "online_retail_sample.csv.gz"
 )

@@ -11,10 +11,10 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal, get_args
 
-from model.data import EVENT_TYPES
+from model.contract import EVENT_TYPES, NON_NEGATIVE_FIELDS, timestamp_seconds
 
 DlqReason = Literal[
     "too_large",
@@ -37,8 +37,6 @@ DLQ_REASONS: tuple[DlqReason, ...] = get_args(DlqReason)
 FORGET = "forget"  # the input type that erases a user (GDPR art. 17); answered with no recommendation
 ID_FIELDS = ("event_id", "user_id", "item_id", "session_id")
 
-# Epoch seconds beyond this (year 2100) are almost surely milliseconds or garbage, not seconds.
-_MAX_EPOCH_S = 4_102_444_800.0
 # A dead letter's detail is for people; an exception's text can be as long as the payload it quotes.
 _MAX_DETAIL_CHARS = 1000
 
@@ -88,21 +86,6 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def parse_timestamp(value: Any) -> float | None:
-    """Epoch seconds from epoch seconds (number) or ISO-8601 (naive means UTC); None when neither."""
-    if _is_number(value):
-        seconds = float(value)
-    elif isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            return None
-        seconds = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
-    else:
-        return None
-    return seconds if 0 <= seconds <= _MAX_EPOCH_S else None
-
-
 def _decode(value: bytes | None, limits: Limits) -> dict[str, Any] | Rejection:
     """The message's top-level JSON object, or why there is none."""
     if value is not None and len(value) > limits.max_payload_bytes:
@@ -143,15 +126,17 @@ def _check_fields(body: dict[str, Any], limits: Limits) -> Rejection | None:
             field.encode("utf-8")
         except UnicodeEncodeError:  # an escaped lone surrogate ("\ud800"): valid JSON, not encodable text
             return Rejection("not_utf8", f"{name} holds a lone surrogate, which no UTF-8 text can carry")
-    for name in ("price", "quantity"):
+    for name in NON_NEGATIVE_FIELDS:
         field = body.get(name)
         if field is not None and not (_is_number(field) and field >= 0):
             return Rejection("wrong_type", f"{name} must be a non-negative number")
     if body["type"] != FORGET and body["type"] not in EVENT_TYPES:
         types = ", ".join((*EVENT_TYPES, FORGET))
         return Rejection("unknown_type", f"type {body['type'][:64]!r} is not one of {types}")
-    if body.get("ts") is not None and parse_timestamp(body["ts"]) is None:
-        return Rejection("bad_timestamp", "ts must be ISO-8601 or epoch seconds between 1970 and 2100")
+    if body.get("ts") is not None and timestamp_seconds(body["ts"]) is None:
+        return Rejection(
+            "bad_timestamp", "ts must be epoch seconds or milliseconds, or ISO-8601, between 1970 and 2100"
+        )
     return None
 
 
@@ -181,7 +166,7 @@ def parse_event(key: bytes | None, value: bytes | None, limits: Limits) -> Parse
         user_id=body["user_id"],
         item_id=body["item_id"],
         type=body["type"],
-        ts=float(parse_timestamp(body["ts"])),  # type: ignore[arg-type]
+        ts=float(timestamp_seconds(body["ts"])),  # type: ignore[arg-type]
         session_id=body.get("session_id"),
         price=None if body.get("price") is None else float(body["price"]),
         quantity=None if body.get("quantity") is None else float(body["quantity"]),

@@ -18,7 +18,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import Counter, Gauge, Histogram, Info, disable_created_metrics, make_wsgi_app
 from prometheus_client.context_managers import Timer
 
-from model.data import EVENT_TYPES
+from model.contract import EVENT_TYPES
 
 # The text format exposes each counter's and histogram's creation time as an extra `_created` gauge series
 # that no query here uses; dropping it halves the series count per counter.

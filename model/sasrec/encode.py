@@ -9,7 +9,7 @@ from itertools import chain, pairwise
 import numpy as np
 import torch
 
-from model.data import EVENT_TYPES
+from model.contract import EVENT_TYPES
 from model.sasrec.model import PAD, SessionModel
 from model.vocab import ItemVocab
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.data import EVENT_TYPES
+from model.contract import EVENT_TYPES
 
 PAD = 0
 

@@ -38,7 +38,8 @@ def test_csv_bad_rows_are_counted_by_reason(tmp_path: Path) -> None:
     log.write_text(
         "user_id,item_id,type,ts,price,quantity\n"
         "u1,i1,view,2024-01-01T10:00:00Z,1.5,1\n"
-        "u1,i2,Add_To_Cart,1704103300,,\n"
+        "u1,i2,add_to_cart,1704103300000,,\n"
+        "u1,i9,View,1704103300,,\n"
         "u1,,view,2024-01-01T10:00:00Z,1,1\n"
         "u2,i1,click,2024-01-01T10:00:00Z,1,1\n"
         "u2,i1,view,yesterday,1,1\n"
@@ -55,23 +56,23 @@ def test_csv_bad_rows_are_counted_by_reason(tmp_path: Path) -> None:
             "unparseable line": 2,
             "missing item_id": 1,
             "missing ts": 1,
-            "unknown type": 1,
+            "unknown type": 2,  # types are exact, as in the stream: "View" is not one
             "bad timestamp": 1,
             "bad price": 1,
-            "bad quantity": 1,
         }
     )
     events = read.events
-    assert events["item_id"].tolist() == ["i1", "i2", "007"]  # ids stay strings, leading zeros kept
-    assert events["type"].tolist() == ["view", "add_to_cart", "purchase"]
+    assert events["item_id"].tolist() == ["i1", "i2", "i1", "007"]  # ids stay strings, leading zeros kept
+    assert events["type"].tolist() == ["view", "add_to_cart", "view", "purchase"]
     assert isinstance(events["type"].dtype, pd.CategoricalDtype)
     assert str(events["ts"].dt.tz) == "UTC"
     assert events["ts"].tolist() == [
         pd.Timestamp("2024-01-01 10:00:00", tz="UTC"),
-        pd.Timestamp("2024-01-01 10:01:40", tz="UTC"),  # epoch seconds
+        pd.Timestamp("2024-01-01 10:01:40", tz="UTC"),  # epoch milliseconds
+        pd.Timestamp("2024-01-01 00:00:00", tz="UTC"),  # quantity 0 is valid, as in the stream
         pd.Timestamp("2024-01-02 08:00:00", tz="UTC"),  # offset converted
     ]
-    assert events["price"].isna().tolist() == [False, True, False]
+    assert events["price"].isna().tolist() == [False, True, False, False]
 
 
 def test_jsonl_gz_bad_rows_are_counted_by_reason(tmp_path: Path) -> None:

@@ -74,7 +74,9 @@ def test_a_forget_request_needs_no_item_nor_time() -> None:
         (b"u1", encode(VALID | {"type": "click"}), "unknown_type"),
         (b"u1", encode(VALID | {"item_id": "i" * 17}), "id_too_long"),
         (b"u1", encode(VALID | {"ts": "yesterday"}), "bad_timestamp"),
-        (b"u1", encode(VALID | {"ts": 1_700_000_000_000}), "bad_timestamp"),
+        (b"u1", encode(VALID | {"ts": 5_000_000_000}), "bad_timestamp"),  # seconds after 2100
+        (b"u1", encode(VALID | {"ts": 5_000_000_000_000}), "bad_timestamp"),  # milliseconds after 2100
+        (b"u1", encode(VALID | {"type": "View"}), "unknown_type"),
         (b"u2", encode(VALID), "key_mismatch"),
         (None, encode(VALID), "missing_key"),
         (b"u1", encode(VALID | {"event_id": "x\ud800"}), "not_utf8"),  # an escaped lone surrogate

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from model.data import EVENT_TYPES
+from model.contract import EVENT_TYPES
 from stream import metrics
 
 # Label names whose values come from a closed set; a user or item id must never become a label.
