@@ -345,14 +345,17 @@ def read_events(path: Path) -> EventLogRead:
     """
     name = path.name.lower()
     bad_rows: Counter[str] = Counter()
-    if name.endswith((".csv", ".csv.gz")):
-        raw = _read_csv_text(path, bad_rows)
-    elif name.endswith((".jsonl", ".jsonl.gz")):
-        raw = _read_jsonl_text(path, bad_rows)
-    elif name.endswith(".parquet"):
-        raw = pd.read_parquet(path)
-    else:
-        raise ValueError(f"{path}: unsupported event log format, expected .csv[.gz], .jsonl[.gz], .parquet")
+    try:
+        if name.endswith((".csv", ".csv.gz")):
+            raw = _read_csv_text(path, bad_rows)
+        elif name.endswith((".jsonl", ".jsonl.gz")):
+            raw = _read_jsonl_text(path, bad_rows)
+        elif name.endswith(".parquet"):
+            raw = pd.read_parquet(path)
+        else:
+            raise ValueError(f"{path}: unsupported event log format: use .csv[.gz], .jsonl[.gz] or .parquet")
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as error:
+        raise ValueError(f"{path} is not a UTF-8 text event log ({error}): is it the right file?") from None
     missing = [column for column in REQUIRED_EVENT_COLUMNS if column not in raw.columns]
     if missing:
         needed = ", ".join(REQUIRED_EVENT_COLUMNS)

@@ -23,6 +23,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def port_is_free(port: int, host: str = "0.0.0.0") -> bool:
+    """Whether a TCP server could listen on `port` now (the metrics server listens on all interfaces)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 @dataclass
 class EmbeddedBroker:
     """A running Tansu process; `bootstrap` is what Kafka clients connect to."""

@@ -179,24 +179,48 @@ def demo(
     Starts Tansu when no broker is configured and trains a small model on the online-retail sample shipped
     in model/samples when BUNDLECAST_MODEL_DIR holds none. Ctrl-C stops everything cleanly.
     """
-    from stream.demo import replay_and_show
+    from stream.broker import free_port, port_is_free
+    from stream.demo import WorkerDied, replay_and_show
     from stream.launch import broker_for, ensure_model, worker_process
 
+    if settings.metrics_port and not port_is_free(settings.metrics_port):
+        taken, port = settings.metrics_port, free_port()
+        console.print(f"[yellow]port {taken} is taken: the worker's metrics go to port {port} instead[/]")
+        settings = settings.model_copy(update={"metrics_port": port})
+    handle, log_name = tempfile.mkstemp(prefix="bundlecast-demo-worker-", suffix=".log")
+    os.close(handle)
+    log = Path(log_name)  # kept when something fails, deleted after a clean run
     with tempfile.TemporaryDirectory(prefix="bundlecast-demo-") as scratch, broker_for(settings) as settings:
         console.print(f"broker [bold]{settings.kafka_bootstrap}[/]")
         ensure_model(settings.model_dir)
         if "BUNDLECAST_STATE_DIR" not in os.environ:
             settings = settings.model_copy(update={"state_dir": Path(scratch) / "state"})
-        log = Path(scratch) / "worker.log"
-        with worker_process(settings, log):
+        with worker_process(settings, log) as process:
             if settings.metrics_port:
                 console.print(f"metrics on [bold]http://localhost:{settings.metrics_port}/metrics[/]")
             console.print(f"worker log {log}; replaying {data.name} at {rate:g} events/s (Ctrl-C to stop)")
             try:
-                shown = asyncio.run(replay_and_show(settings, data, rate, limit, console))
-                console.print(f"[green]{shown:,} recommendations received[/]")
+                shown, sent = asyncio.run(
+                    replay_and_show(
+                        settings, data, rate, limit, console, worker_alive=lambda: process.poll() is None
+                    )
+                )
             except KeyboardInterrupt:
                 console.print("[yellow]interrupted: stopping the worker and the broker[/]")
+                return
+            except WorkerDied:
+                process.wait()
+                tail = log.read_text(errors="replace").splitlines()[-15:]
+                errors.print("\n".join(tail), markup=False, highlight=False)
+                raise RuntimeError(
+                    f"the demo's worker exited with status {process.returncode}; its log is kept at {log}"
+                ) from None
+    if shown < sent:
+        raise RuntimeError(
+            f"only {shown:,} of {sent:,} events were answered; the worker's log is kept at {log}"
+        )
+    console.print(f"[green]{shown:,} recommendations received[/]")
+    log.unlink()
 
 
 @app.command()
@@ -268,4 +292,4 @@ def bench(
 
 
 if __name__ == "__main__":
-    app()
+    main()

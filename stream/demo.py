@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -15,6 +16,10 @@ from stream.display import Catalog, format_answer
 from stream.replay import event_records, load_events, produce_at_rate, read_topic
 
 
+class WorkerDied(RuntimeError):
+    """The demo's worker process exited while events were still on their way."""
+
+
 async def replay_and_show(
     settings: StreamSettings,
     data: Path,
@@ -22,8 +27,12 @@ async def replay_and_show(
     limit: int,
     console: Console,
     answer_timeout_s: float = 120.0,
-) -> int:
-    """Replay `limit` events of `data` at `rate`/s, print each answer; return how many came back."""
+    worker_alive: Callable[[], bool] = lambda: True,
+) -> tuple[int, int]:
+    """Replay `limit` events of `data` at `rate`/s, print each answer; return (answers shown, events sent).
+
+    Raises `WorkerDied` as soon as `worker_alive()` turns false: nothing would answer the rest.
+    """
     catalog = Catalog.load(settings.model_dir)
     events = load_events(data)
     events = events.head(limit) if limit else events
@@ -49,13 +58,29 @@ async def replay_and_show(
                     if shown == len(events):
                         return
 
-        printer = asyncio.create_task(show())
-        await produce_at_rate(
-            settings, event_records(events, run_id), rate, on_sent=lambda record: progress.advance(sent_bar)
+        async def watch() -> None:
+            while worker_alive():
+                await asyncio.sleep(0.2)
+
+        printer, watcher = asyncio.create_task(show()), asyncio.create_task(watch())
+        producer = asyncio.create_task(
+            produce_at_rate(
+                settings,
+                event_records(events, run_id),
+                rate,
+                on_sent=lambda record: progress.advance(sent_bar),
+            )
         )
-        deadline = time.monotonic() + answer_timeout_s
-        while not printer.done() and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
-        printer.cancel()
-        await asyncio.gather(printer, return_exceptions=True)
-    return shown
+        try:
+            await asyncio.wait({producer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            deadline = time.monotonic() + answer_timeout_s
+            while not printer.done() and not watcher.done() and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            if watcher.done() and not printer.done():
+                raise WorkerDied("the worker exited before answering every event")
+            await producer
+        finally:
+            for task in (printer, watcher, producer):
+                task.cancel()
+            await asyncio.gather(printer, watcher, producer, return_exceptions=True)
+    return shown, len(events)

@@ -1,4 +1,6 @@
-"""Liveness: a worker that has input waiting but handles none of it is dead, whatever its process says.
+"""Liveness and readiness, served on the metrics port (`/healthz`, `/readyz`).
+
+Liveness: a worker that has input waiting but handles none of it is dead, whatever its process says.
 
 A TCP check of the metrics port passes for a worker whose agent stopped answering (the process and its
 metrics thread live on), so Kubernetes would never restart it. `/healthz` on the metrics port serves this
@@ -39,3 +41,15 @@ class Liveness:
         if stalled > self.stall_s:
             return False, f"input waiting for {stalled:.0f} s and no batch handled (limit {self.stall_s:g} s)"
         return True, f"ok: input waiting for {stalled:.1f} s"
+
+
+def readiness(partitions: Callable[[], int]) -> tuple[bool, str]:
+    """Ready once this worker holds an input partition; the model is loaded before the server starts.
+
+    A worker with no partition (one more than there are partitions, or in the middle of a rebalance)
+    answers nothing, so a load balancer or a rollout should not count it as serving.
+    """
+    held = partitions()
+    if held == 0:
+        return False, "not ready: no input partition assigned"
+    return True, f"ok: model loaded, {held} input partition(s)"

@@ -143,17 +143,25 @@ class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
 
+Check = Callable[[], tuple[bool, str]]  # (healthy, a one-line reason)
+
+
 def start_metrics_server(
-    port: int, addr: str = "0.0.0.0", liveness: Callable[[], tuple[bool, str]] | None = None
+    port: int, addr: str = "0.0.0.0", liveness: Check | None = None, readiness: Check | None = None
 ) -> None:
-    """Serve `/metrics` for Prometheus, and `/healthz` (200 alive, 503 not, one line why) for Kubernetes,
-    from a daemon thread beside the worker's event loop."""
+    """Serve `/metrics` for Prometheus, and `/healthz` (liveness) and `/readyz` (readiness) for Kubernetes
+    and Compose (200 or 503, with one line why), from a daemon thread beside the worker's event loop."""
     exposition = make_wsgi_app()
+    checks = {"/healthz": liveness, "/readyz": readiness}
 
     def route(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") == "/healthz":
-            alive, reason = liveness() if liveness is not None else (True, "ok")
-            start_response("200 OK" if alive else "503 Service Unavailable", [("Content-Type", "text/plain")])
+        path = environ.get("PATH_INFO")
+        if path in checks:
+            check = checks[path]
+            healthy, reason = check() if check is not None else (True, "ok")
+            start_response(
+                "200 OK" if healthy else "503 Service Unavailable", [("Content-Type", "text/plain")]
+            )
             return [reason.encode() + b"\n"]
         return exposition(environ, start_response)
 

@@ -31,7 +31,7 @@ from stream import metrics
 from stream.answer import recommendation_message
 from stream.config import StreamSettings
 from stream.events import DlqReason, ForgetRequest, Rejection, dead_letter
-from stream.health import Liveness
+from stream.health import Liveness, readiness
 from stream.models import ModelHolder
 from stream.pipeline import Admitted, Pipeline
 from stream.sessions import SessionPartitions
@@ -251,11 +251,12 @@ def _credentials(settings: StreamSettings) -> faust.types.auth.CredentialsT | No
 
 
 def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
-    """Create the topics, load the model, and wire the Faust app (not started); `liveness` learns of
-    waiting input and handled batches."""
+    """Load the model, create the topics, and wire the Faust app (not started); `liveness` learns of
+    waiting input and handled batches. The model comes first: a missing one is a mistake to report
+    before any connection is tried."""
     bootstrap = settings.aiokafka_options()["bootstrap_servers"]
-    partitions = asyncio.run(ensure_topics(settings))
     models = ModelHolder(settings.model_dir)
+    partitions = asyncio.run(ensure_topics(settings))
     pipeline = Pipeline(settings)
     app = BundlecastApp(
         settings.app_id,
@@ -445,6 +446,10 @@ def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
     return app
 
 
+def input_partitions_held(app: faust.App, topic: str) -> int:
+    return sum(tp.topic == topic for tp in app.assignor.assigned_actives())
+
+
 def run_worker(settings: StreamSettings, log_level: str = "warning") -> None:
     """Run a worker until SIGINT/SIGTERM; Faust then commits what was answered and closes cleanly."""
     check_upstream()
@@ -456,7 +461,10 @@ def run_worker(settings: StreamSettings, log_level: str = "warning") -> None:
     liveness = Liveness(settings.liveness_stall_s)
     app = create_app(settings, liveness)
     if settings.metrics_port:
-        metrics.start_metrics_server(settings.metrics_port, liveness=liveness.check)
+        input_partitions = partial(input_partitions_held, app, settings.input_topic)
+        metrics.start_metrics_server(
+            settings.metrics_port, liveness=liveness.check, readiness=partial(readiness, input_partitions)
+        )
     worker = faust.Worker(app, loglevel=log_level)
     # Faust's start-up spinner sets the root logger to DEBUG so that every record turns it, which makes
     # aiokafka and Faust build debug records on the hot path: about 3% of the worker's time under load.

@@ -324,6 +324,21 @@ def train(
     }
 
 
+MIN_ITEMS = 3  # the co-occurrence initialisation needs a matrix of rank >= 1 (k < items - 1)
+
+
+def check_trainable(dataset: Dataset, items: int) -> None:
+    """A clear error for data too small to learn from, instead of one from deep inside the training."""
+    sequences = sum(len(session.items) >= 2 for session in dataset.train)
+    if items < MIN_ITEMS or sequences == 0 or not dataset.valid:
+        raise ValueError(
+            f"{dataset.name}: {len(dataset.train)} training sequences ({sequences} with two or more events), "
+            f"{items} distinct items and {len(dataset.valid)} validation cases are too few to train on: "
+            f"training needs sequences of two or more events, at least {MIN_ITEMS} items, and later events "
+            "of known items to validate on (check the bad-row counts logged when the file was read)"
+        )
+
+
 def train_artifact(
     dataset: Dataset,
     out_root: Path,
@@ -347,6 +362,7 @@ def train_artifact(
     out_root.mkdir(parents=True, exist_ok=True)
     checkpoint = out_root / "checkpoint.pt"
     vocab = ItemVocab.from_sequences(session.items for session in dataset.train)
+    check_trainable(dataset, len(vocab))
     model, report = train(
         dataset.train, dataset.valid, vocab, replace(model_config, n_items=len(vocab)), config, checkpoint
     )

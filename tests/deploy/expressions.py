@@ -27,6 +27,8 @@ def dashboard_expressions() -> dict[str, str]:
         for target in panel["targets"]
     }
     for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "datasource":  # picks a datasource, queries nothing
+            continue
         match = _LABEL_VALUES.match(variable["definition"])
         assert match, f"template variable {variable['name']} is not a label_values() query"
         expressions[f"variable {variable['name']}"] = match["expr"]

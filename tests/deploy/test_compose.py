@@ -108,3 +108,44 @@ def test_dockerfile_passes_hadolint() -> None:
         [venv_tool("hadolint"), str(DEPLOY_DIR / "Dockerfile")], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_worker_healthcheck_asks_its_liveness_endpoint() -> None:
+    worker = compose_with_defaults()["services"]["worker"]
+    probe = " ".join(worker["healthcheck"]["test"])
+    assert f"localhost:{worker['environment']['BUNDLECAST_METRICS_PORT']}/healthz" in probe
+
+
+def test_prometheus_sends_alerts_to_the_stacks_alertmanager() -> None:
+    services = compose_with_defaults()["services"]
+    alerting = yaml.safe_load((DEPLOY_DIR / "prometheus" / "prometheus.yml").read_text())["alerting"]
+    (target,) = [
+        t for manager in alerting["alertmanagers"] for c in manager["static_configs"] for t in c["targets"]
+    ]
+    host, port = target.split(":")
+    assert host in services and f"{port}:{port}" in services[host]["ports"]
+    assert "alertmanager" in services["prometheus"]["depends_on"]
+
+
+def test_alertmanager_routes_every_severity_the_rules_use_to_a_receiver() -> None:
+    config = yaml.safe_load((DEPLOY_DIR / "alertmanager" / "alertmanager.yml").read_text())
+    receivers = {receiver["name"] for receiver in config["receivers"]}
+    routes = [config["route"], *config["route"].get("routes", [])]
+    assert {route["receiver"] for route in routes} <= receivers
+    rules = yaml.safe_load((DEPLOY_DIR / "prometheus" / "alerts.yml").read_text())["groups"]
+    severities = {rule["labels"]["severity"] for group in rules for rule in group["rules"]}
+    matched = {
+        matcher.split("=")[1].strip('"')
+        for route in routes
+        for matcher in route.get("matchers", [])
+        if matcher.startswith("severity=")
+    }
+    inhibited = {
+        matcher.split("=")[1].strip('"')
+        for rule in config.get("inhibit_rules", [])
+        for matcher in rule["target_matchers"]
+    }
+    assert matched | inhibited <= severities
+    alerts = {rule["alert"] for group in rules for rule in group["rules"]}
+    sources = {m.split("=")[1].strip('"') for r in config["inhibit_rules"] for m in r["source_matchers"]}
+    assert sources <= alerts

@@ -69,13 +69,29 @@ def test_every_worker_metric_is_on_the_dashboard(worker_exposition: str) -> None
     assert not unseen, f"worker metrics on no dashboard panel: {unseen}"
 
 
+def datasource_references(node: object) -> list[dict]:
+    if isinstance(node, dict):
+        found = [node["datasource"]] if isinstance(node.get("datasource"), dict) else []
+        return found + [ref for value in node.values() for ref in datasource_references(value)]
+    if isinstance(node, list):
+        return [ref for value in node for ref in datasource_references(value)]
+    return []
+
+
+def test_the_dashboard_names_no_datasource_so_any_grafana_can_import_it() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["type"] == "datasource"]
+    assert variable["query"] == "prometheus"
+    references = datasource_references(dashboard)
+    assert len(references) > len(dashboard["panels"])  # panels and their targets
+    assert {(ref["type"], ref["uid"]) for ref in references} == {("prometheus", f"${{{variable['name']}}}")}
+
+
 def test_grafana_provisioning_points_at_the_dashboard_and_datasource() -> None:
     provisioning = DEPLOY_DIR / "grafana" / "provisioning"
     datasources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
     providers = yaml.safe_load((provisioning / "dashboards" / "bundlecast.yml").read_text())["providers"]
-    dashboard = json.loads(DASHBOARD.read_text())
-    used_uids = {panel["datasource"]["uid"] for panel in dashboard["panels"]}
-    assert used_uids == {datasources[0]["uid"]}
+    assert datasources[0]["type"] == "prometheus" and datasources[0]["isDefault"]  # what the variable picks
     compose = yaml.safe_load((DEPLOY_DIR / "docker-compose.yml").read_text())
     mounts = dict(volume.rsplit(":", 2)[:2] for volume in compose["services"]["grafana"]["volumes"][:2])
     assert mounts["./grafana/dashboards"] == providers[0]["options"]["path"]

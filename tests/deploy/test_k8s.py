@@ -5,8 +5,10 @@ No cluster is reachable here, so nothing is applied; the GPU overlay is rendered
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+import tomllib
 
 import kubernetes_validate
 import pytest
@@ -104,3 +106,45 @@ def test_gpu_overlay_requests_a_gpu_on_gpu_nodes() -> None:
     assert "nvidia.com/gpu" not in cpu["StatefulSet"]["spec"]["template"]["spec"]["containers"][0][
         "resources"
     ].get("limits", {})
+
+
+def test_a_job_trains_the_model_into_the_volume_the_workers_wait_for() -> None:
+    resources = base_resources()
+    env = resources["ConfigMap"]["data"]
+    job = resources["Job"]["spec"]["template"]["spec"]
+    (trainer,) = job["containers"]
+    args = trainer["args"]
+    assert args[0] == "train" and args[args.index("--out") + 1] == env["BUNDLECAST_MODEL_DIR"]
+    (mount,) = trainer["volumeMounts"]
+    assert mount["mountPath"] == env["BUNDLECAST_MODEL_DIR"] and not mount.get("readOnly")
+    assert args[args.index("--data") + 1].startswith(mount["mountPath"] + "/")
+    (volume,) = job["volumes"]
+    claim = resources["PersistentVolumeClaim"]["metadata"]["name"]
+    assert volume["persistentVolumeClaim"]["claimName"] == claim
+    pod = resources["StatefulSet"]["spec"]["template"]["spec"]
+    (wait,) = pod["initContainers"]
+    assert f"{env['BUNDLECAST_MODEL_DIR']}/LATEST" in " ".join(wait["command"])
+
+
+def test_workers_are_live_while_answering_and_ready_once_they_hold_a_partition() -> None:
+    (container,) = base_resources()["StatefulSet"]["spec"]["template"]["spec"]["containers"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert {
+        probe["httpGet"]["port"] for probe in (container["livenessProbe"], container["readinessProbe"])
+    } == {port["name"] for port in container["ports"]}
+
+
+def test_every_image_uses_the_one_tag_scheme() -> None:
+    version = tomllib.loads((DEPLOY_DIR.parent / "pyproject.toml").read_text())["project"]["version"]
+    resources = base_resources()
+    pods = [
+        resources["StatefulSet"]["spec"]["template"]["spec"],
+        resources["Job"]["spec"]["template"]["spec"],
+    ]
+    images = {c["image"] for pod in pods for c in [*pod.get("initContainers", []), *pod["containers"]]}
+    compose = yaml.safe_load((DEPLOY_DIR / "docker-compose.yml").read_text())
+    compose_image = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", compose["services"]["worker"]["image"])
+    assert images == {compose_image} == {f"bundlecast:{version}"}
+    gpu = yaml.safe_load((K8S_DIR / "gpu" / "kustomization.yaml").read_text())["images"]
+    assert gpu == [{"name": "bundlecast", "newTag": f"{version}-gpu"}]

@@ -371,6 +371,8 @@ def test_an_event_that_cannot_be_answered_is_dead_lettered_and_the_worker_goes_o
     assert counts['bundlecast_dlq_events_total{reason="processing_error"}'] == 1
     assert counts['bundlecast_events_consumed_total{type="view"}'] == 40  # 39 + e99
     assert counts["bundlecast_recommendations_published_total"] == 40
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as response:
+        assert b"4 input partition(s)" in response.read()  # the only worker holds all 4
 
 
 def test_a_worker_whose_agent_fails_exits_and_its_restart_answers_every_event(
