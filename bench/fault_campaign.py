@@ -83,6 +83,7 @@ class Worker:
                 "BUNDLECAST_MODEL_DIR": str(model),
                 "BUNDLECAST_STATE_DIR": str(state),
                 "BUNDLECAST_METRICS_PORT": "0",
+                "BUNDLECAST_WEB_PORT": "0",
                 "OMP_NUM_THREADS": "1",
             }
             | {f"BUNDLECAST_{k.upper()}": v for k, v in settings.items()}

@@ -33,6 +33,11 @@ def port_is_free(port: int, host: str = "0.0.0.0") -> bool:
         return True
 
 
+def port_or_free(port: int) -> int:
+    """`port` when it is free (or 0, meaning off), else a free one: what a local run uses."""
+    return port if port == 0 or port_is_free(port) else free_port()
+
+
 @dataclass
 class EmbeddedBroker:
     """A running Tansu process; `bootstrap` is what Kafka clients connect to."""

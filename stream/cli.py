@@ -179,14 +179,17 @@ def demo(
     Starts Tansu when no broker is configured and trains a small model on the online-retail sample shipped
     in model/samples when BUNDLECAST_MODEL_DIR holds none. Ctrl-C stops everything cleanly.
     """
-    from stream.broker import free_port, port_is_free
+    from stream.broker import port_or_free
     from stream.demo import WorkerDied, replay_and_show
     from stream.launch import broker_for, ensure_model, worker_process
 
-    if settings.metrics_port and not port_is_free(settings.metrics_port):
-        taken, port = settings.metrics_port, free_port()
-        console.print(f"[yellow]port {taken} is taken: the worker's metrics go to port {port} instead[/]")
-        settings = settings.model_copy(update={"metrics_port": port})
+    ports = {"metrics_port": "metrics", "web_port": "query API"}
+    for field, what in ports.items():
+        wanted = getattr(settings, field)
+        port = port_or_free(wanted)
+        if port != wanted:
+            console.print(f"[yellow]port {wanted} is taken: the worker's {what} on port {port} instead[/]")
+            settings = settings.model_copy(update={field: port})
     handle, log_name = tempfile.mkstemp(prefix="bundlecast-demo-worker-", suffix=".log")
     os.close(handle)
     log = Path(log_name)  # kept when something fails, deleted after a clean run
@@ -198,6 +201,11 @@ def demo(
         with worker_process(settings, log) as process:
             if settings.metrics_port:
                 console.print(f"metrics on [bold]http://localhost:{settings.metrics_port}/metrics[/]")
+            if settings.web_port:
+                console.print(
+                    f"query API: [bold]curl http://localhost:{settings.web_port}/recommendations/USER_ID[/] "
+                    "(a user id from the answers below)"
+                )
             console.print(f"worker log {log}; replaying {data.name} at {rate:g} events/s (Ctrl-C to stop)")
             try:
                 shown, sent = asyncio.run(
@@ -238,7 +246,7 @@ def bench(
     from rich.table import Table
 
     from stream.bench import AnswerClock, run_step, wait_for_metrics
-    from stream.broker import free_port
+    from stream.broker import free_port, port_or_free
     from stream.launch import broker_for, ensure_model, worker_process
     from stream.metrics import STAGES
     from stream.replay import load_events
@@ -261,7 +269,8 @@ def bench(
         settings = settings.model_copy(
             update={
                 "state_dir": Path(scratch) / "state",
-                "metrics_port": settings.metrics_port or free_port(),
+                "metrics_port": port_or_free(settings.metrics_port) or free_port(),
+                "web_port": port_or_free(settings.web_port),
             }
         )
         metrics_url = f"http://127.0.0.1:{settings.metrics_port}/metrics"

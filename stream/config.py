@@ -85,6 +85,19 @@ class StreamSettings(BaseSettings):
     metrics_port: int = Field(
         9108, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0: off)."
     )
+    web_port: int = Field(
+        6066,
+        ge=0,
+        le=65535,
+        description="Port of the query API (GET /recommendations/USER_ID, POST /recommendations; Faust's web "
+        "server; 0: off).",
+    )
+    web_bind: str = Field("0.0.0.0", description="Interface the query API listens on.")
+    web_host: str | None = Field(
+        None,
+        description="Host name or IP other workers reach this one's query API at (a query for a user held "
+        "elsewhere is forwarded there). Default: this host's address.",
+    )
     compute_threads: int = Field(
         1,
         ge=1,

@@ -79,6 +79,19 @@ STAGE_DURATION = Histogram(
     ["stage"],
     buckets=_STAGE_BUCKETS,
 )
+QueryRoute = Literal["user", "session"]  # GET /recommendations/{user_id}, POST /recommendations
+QUERY_ROUTES: tuple[QueryRoute, ...] = get_args(QueryRoute)
+QUERY_REQUESTS = Counter(
+    "bundlecast_query_requests_total",
+    "Query API requests answered by this worker, by route (user, session) and HTTP status.",
+    ["route", "status"],
+)
+QUERY_DURATION = Histogram(
+    "bundlecast_query_duration_seconds",
+    "Query API time from request to response on this worker (forwarding included), by route.",
+    ["route"],
+    buckets=_LATENCY_BUCKETS,
+)
 SESSION_STATE_ENTRIES = Gauge(
     "bundlecast_session_state_entries", "User sessions currently held in this worker's state store."
 )
@@ -111,6 +124,9 @@ for _event_type in EVENT_TYPES:
     EVENTS_CONSUMED.labels(type=_event_type)
 for _stage in STAGES:
     STAGE_DURATION.labels(stage=_stage)
+for _route in QUERY_ROUTES:
+    QUERY_DURATION.labels(route=_route)
+    QUERY_REQUESTS.labels(route=_route, status="200")
 
 
 def observe_stage(stage: Stage) -> Timer:

@@ -15,9 +15,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import faust
+import orjson
 from faust.types import TP
 
-from stream.state import Stored
+from stream.state import Stored, UserState
 
 SendToPartitions = Callable[[str, Mapping[int, Sequence[tuple[bytes, bytes | None]]]], Awaitable[None]]
 
@@ -53,6 +54,14 @@ class SessionPartitions:
             return None
         offset_key = self._store.offset_key
         return ((k, v) for k, v in db.items(from_key=key) if k != offset_key)
+
+    def state_of(self, key: bytes) -> UserState | None:
+        """The user's state, from whichever partition held here has it (None: no state here)."""
+        for partition in self.held():
+            stored = self._store._dbs[partition].get(key)
+            if stored is not None:
+                return UserState.from_json(orjson.loads(stored))
+        return None
 
     def _delete_locally(self, partition: int, key: bytes) -> None:
         self._store._dbs[partition].delete(key)

@@ -39,6 +39,7 @@ from stream.state import UserState, sweep_expired
 from stream.topics import ensure_topics
 from stream.transport import BundlecastApp, DrainingProducer
 from stream.upstream import check_upstream
+from stream.web import register_query_api, web_options
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +267,7 @@ def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
         broker_credentials=_credentials(settings),
         store="rocksdb://",
         datadir=str(settings.state_dir),
-        web_enabled=False,
+        **web_options(settings),
         Stream=BatchingStream,
         topic_partitions=partitions,
         topic_replication_factor=settings.replication_factor,
@@ -290,6 +291,17 @@ def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
         lambda topic, grouped: cast(DrainingProducer, app.producer).send_to_partitions(topic, grouped),
     )
     next_offsets: dict[int, int] = {}
+    if settings.web_port:
+        register_query_api(
+            app,
+            sessions,
+            held.state_of,
+            models,
+            lambda depth: pipeline.popularity.top(depth, time.time(), models.current.vocab),
+            settings,
+            liveness.check,
+            partial(readiness, partial(input_partitions_held, app, settings.input_topic)),
+        )
 
     def letter_for(event: EventT, rejection: Rejection) -> tuple[bytes | None, bytes]:
         message = event.message

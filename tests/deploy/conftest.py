@@ -22,6 +22,7 @@ from stream import metrics
 metrics.DLQ_EVENTS.labels(reason="not_json").inc()
 metrics.CONSUMER_LAG.labels(topic="clickstream", partition="0").set(0)
 metrics.set_model_version("example", 1)
+metrics.QUERY_REQUESTS.labels(route="user", status="400").inc()
 print(generate_latest().decode())
 """
 

@@ -81,9 +81,9 @@ def test_headless_service_exposes_the_metrics_port_prometheus_discovers() -> Non
     assert (
         service["spec"]["selector"].items() <= statefulset["spec"]["template"]["metadata"]["labels"].items()
     )
-    (port,) = service["spec"]["ports"]
+    (port,) = [port for port in service["spec"]["ports"] if port["name"] == "metrics"]
     (container,) = statefulset["spec"]["template"]["spec"]["containers"]
-    (container_port,) = container["ports"]
+    (container_port,) = [port for port in container["ports"] if port["name"] == "metrics"]
     assert port["targetPort"] == container_port["name"]
     assert str(container_port["containerPort"]) == resources["ConfigMap"]["data"]["BUNDLECAST_METRICS_PORT"]
     namespace = yaml.safe_load((K8S_DIR / "base" / "kustomization.yaml").read_text())["namespace"]
@@ -130,9 +130,18 @@ def test_workers_are_live_while_answering_and_ready_once_they_hold_a_partition()
     (container,) = base_resources()["StatefulSet"]["spec"]["template"]["spec"]["containers"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert {
-        probe["httpGet"]["port"] for probe in (container["livenessProbe"], container["readinessProbe"])
-    } == {port["name"] for port in container["ports"]}
+    probed = {probe["httpGet"]["port"] for probe in (container["livenessProbe"], container["readinessProbe"])}
+    assert probed == {"metrics"} and "metrics" in {port["name"] for port in container["ports"]}
+
+
+def test_every_worker_serves_the_query_api_where_the_others_reach_it() -> None:
+    resources = base_resources()
+    (container,) = resources["StatefulSet"]["spec"]["template"]["spec"]["containers"]
+    (web,) = [port for port in container["ports"] if port["name"] == "web"]
+    assert str(web["containerPort"]) == resources["ConfigMap"]["data"]["BUNDLECAST_WEB_PORT"]
+    (host,) = [env for env in container["env"] if env["name"] == "BUNDLECAST_WEB_HOST"]
+    assert host["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert "web" in {port["targetPort"] for port in resources["Service"]["spec"]["ports"]}
 
 
 def test_every_image_uses_the_one_tag_scheme() -> None:

@@ -52,6 +52,7 @@ def worker_metrics_port(kafka_broker: EmbeddedBroker, artifact_root: Path, tmp_p
         model_dir=artifact_root,
         state_dir=tmp_path / "state",
         metrics_port=port,
+        web_port=0,
         partitions=2,
         batch_linger_ms=20,
     )

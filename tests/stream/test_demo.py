@@ -47,7 +47,7 @@ def test_a_taken_metrics_port_moves_the_demo_to_a_free_one(artifact_root: Path, 
         port = taken.getsockname()[1]
         result = demo(artifact_root, tmp_path, BUNDLECAST_METRICS_PORT=str(port))
     assert result.returncode == 0, result.stdout + result.stderr
-    moved = re.search(rf"port {port} is taken: the worker's metrics go to port (\d+)", result.stdout)
+    moved = re.search(rf"port {port} is taken: the worker's metrics on port (\d+)", result.stdout)
     assert moved and int(moved.group(1)) != port
-    assert "5 recommendations received" in result.stdout
+    assert "5 recommendations received" in result.stdout and "curl http://localhost:" in result.stdout
     assert not list(tmp_path.glob("bundlecast-demo-worker-*.log"))  # a clean run leaves no log behind

@@ -7,6 +7,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
@@ -53,11 +54,15 @@ def test_a_security_protocol_the_listener_does_not_speak_names_itself(
         asyncio.run(ensure_topics(settings))
 
 
-def test_the_worker_command_reports_a_tls_mismatch_in_one_line(kafka_broker: EmbeddedBroker) -> None:
+def test_the_worker_command_reports_a_tls_mismatch_in_one_line(
+    kafka_broker: EmbeddedBroker, artifact_root: Path
+) -> None:
     env = os.environ | {
         "BUNDLECAST_KAFKA_BOOTSTRAP": kafka_broker.bootstrap,
+        "BUNDLECAST_MODEL_DIR": str(artifact_root),  # the model loads before Kafka is reached
         "BUNDLECAST_KAFKA_SECURITY_PROTOCOL": "SSL",
         "BUNDLECAST_METRICS_PORT": "0",
+        "BUNDLECAST_WEB_PORT": "0",
         "COLUMNS": "400",
     }
     command = [sys.executable, "-m", "stream.cli", "worker"]

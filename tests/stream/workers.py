@@ -27,6 +27,7 @@ class Worker:
             os.environ
             | {
                 "BUNDLECAST_METRICS_PORT": "0",
+                "BUNDLECAST_WEB_PORT": "0",  # the query API's tests give each worker a port of its own
                 "BUNDLECAST_PARTITIONS": "2",
                 "BUNDLECAST_BATCH_LINGER_MS": "20",
                 "BUNDLECAST_RELOAD_INTERVAL_S": "0.5",

@@ -1,0 +1,97 @@
+"""The query API's logic without a server: requests checked, answers in the published JSON."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from model import Recommender
+from stream.config import StreamSettings
+from stream.query import (
+    MAX_EXCLUDED,
+    MAX_K,
+    Ask,
+    BadRequest,
+    answer_json,
+    parse_parameters,
+    parse_session,
+    query_for_session,
+    query_for_user,
+)
+from stream.schemas import validator
+from stream.state import UserState
+
+SETTINGS = StreamSettings(top_k=20, bundles_per_answer=3, max_id_chars=16, session_max_events=5)
+
+
+def test_parameters_default_to_the_workers_answer_and_read_repeats() -> None:
+    assert parse_parameters([], SETTINGS) == Ask(20, 3, frozenset())
+    ask = parse_parameters([("k", "5"), ("bundles", "0"), ("exclude", "a,b"), ("exclude", "c")], SETTINGS)
+    assert ask == Ask(5, 0, frozenset({"a", "b", "c"}))
+
+
+@pytest.mark.parametrize(
+    ("pairs", "says"),
+    [
+        ([("kk", "5")], "unknown parameter 'kk'"),
+        ([("k", "0")], "k must be between 1 and"),
+        ([("k", str(MAX_K + 1))], "k must be between"),
+        ([("k", "ten")], "k must be a whole number"),
+        ([("bundles", "11")], "bundles must be between 0 and 10"),
+        ([("exclude", "x" * 17)], "an excluded item id must have 1 to 16 characters"),
+        ([("exclude", ",".join(map(str, range(MAX_EXCLUDED + 1))))], f"at most {MAX_EXCLUDED}"),
+    ],
+)
+def test_bad_parameters_are_refused_in_one_line(pairs: list[tuple[str, str]], says: str) -> None:
+    with pytest.raises(BadRequest, match=says) as refused:
+        parse_parameters(pairs, SETTINGS)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_session_body_is_items_and_cart() -> None:
+    assert parse_session(b'{"items": ["a", "b"], "cart": ["c"]}', SETTINGS) == (["a", "b"], ["c"])
+    assert parse_session(b"{}", SETTINGS) == ([], [])
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b"{not json", "must be JSON"),
+        (b'["a"]', "must be a JSON object"),
+        (b'{"items": ["a"], "user": "u"}', "unknown field 'user'"),
+        (b'{"items": "a"}', "items must be a list"),
+        (b'{"cart": [1]}', "cart must be a list of item ids"),
+        (b'{"items": ["a", "b", "c", "d", "e", "f"]}', "at most 5"),
+        (b'{"items": [""]}', "must have 1 to 16 characters"),
+        (b'{"items": []}' + b" " * (64 * 1024), "bytes; at most"),
+    ],
+)
+def test_bad_session_bodies_are_refused(body: bytes, says: str) -> None:
+    with pytest.raises(BadRequest, match=says):
+        parse_session(body, SETTINGS)
+
+
+def test_a_users_query_leaves_out_purchases_the_cart_and_what_the_page_excludes() -> None:
+    state = UserState(cart=("c",), purchased=("p",))
+    query = query_for_user(state, Ask(5, 1, frozenset({"x"})))
+    assert query.excluded_items == {"c", "p", "x"} and query.cart == ("c",)
+    anonymous = query_for_session(["a", "b"], ["c"], Ask(5, 1, frozenset()))
+    assert list(anonymous.history) == ["a", "b", "c"] and list(anonymous.event_types)[-1] == "add_to_cart"
+
+
+def test_answers_are_valid_against_the_published_schema(artifact_root: Path) -> None:
+    recommender = Recommender.load(artifact_root)
+    known = recommender.vocab.item_ids[:3]
+    check = validator("recommendation-query")
+    for user, query in (
+        ("u1", query_for_session(known[:2], known[2:], Ask(7, 2, frozenset()))),
+        (None, query_for_session(["never-seen"], [], Ask(7, 2, frozenset()))),
+    ):
+        (answer,) = recommender.answer_batch([query], 7, 2, 3)
+        body = json.loads(answer_json(user, recommender.version, answer, datetime.now(UTC)))
+        check.validate(body)
+        assert body["user_id"] == user and len(body["items"]) == 7
+        assert body["cold_start"] == (user is None) and (body["bundles"] == []) == (user is None)
