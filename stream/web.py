@@ -13,6 +13,7 @@ with `{"error": "one line"}`; an unexpected failure a 500 (logged) and never sto
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,7 +25,7 @@ import faust
 from faust.web import Request, Response, View
 from faust.web.exceptions import ServiceUnavailable
 
-from model.answers import Query, Recommendation
+from model.answers import Answer, Query, Recommendation
 from stream import metrics
 from stream.config import StreamSettings
 from stream.metrics import Check, QueryRoute
@@ -59,10 +60,11 @@ def register_query_api(
     """Add the query API's pages to `app`. `state_of` finds a user's state among the partitions this worker
     holds; `trending` is the stream's live popularity, first choice for users with no known item."""
 
-    def answer(user_id: str | None, query: Query, k: int, bundles: int) -> bytes:
-        recommender = models.current
-        (found,) = recommender.answer_batch([query], k, bundles, settings.bundle_size, trending=trending)
-        return query_answer_json(user_id, recommender.version, found, datetime.now(UTC))
+    batcher = QueryBatcher(models, trending, settings.bundle_size)
+
+    async def answer(user_id: str | None, query: Query, k: int, bundles: int) -> bytes:
+        version, found = await batcher.answer(query, k, bundles)
+        return query_answer_json(user_id, version, found, datetime.now(UTC))
 
     async def respond(view: View, route: QueryRoute, handle: Callable[[], Awaitable[Response]]) -> Response:
         """Run `handle`, turning refusals and failures into one-line JSON errors, and count the outcome."""
@@ -98,7 +100,7 @@ def register_query_api(
             """Runs on the worker holding the user's partition (others forward the request there)."""
             ask = parse_parameters(request.query.items(), settings)
             state = state_of(user_id.encode("utf-8")) or UserState()
-            body = answer(user_id, query_for_user(state, ask), ask.k, ask.bundles)
+            body = await answer(user_id, query_for_user(state, ask), ask.k, ask.bundles)
             return self.bytes(body, content_type=JSON)
 
     @app.page("/recommendations")
@@ -107,7 +109,7 @@ def register_query_api(
             async def handle() -> Response:
                 ask = parse_parameters(request.query.items(), settings)
                 items, cart = parse_session(await self.read_request_content(request), settings)
-                body = answer(None, query_for_session(items, cart, ask), ask.k, ask.bundles)
+                body = await answer(None, query_for_session(items, cart, ask), ask.k, ask.bundles)
                 return self.bytes(body, content_type=JSON)
 
             return await respond(self, "session", handle)
@@ -121,6 +123,51 @@ def register_query_api(
 
     health_page("/healthz", liveness)
     health_page("/readyz", readiness)
+
+
+class QueryBatcher:
+    """Answers the queries waiting at one moment with one call of the answer seam, as the stream answers
+    a micro-batch: one forward and one search for all of them instead of one each.
+
+    A query waits only for the answering already under way (no timer): at low rates each is answered
+    alone and at once, under load the ones that arrived meanwhile go together.
+    """
+
+    def __init__(
+        self, models: ModelHolder, trending: Callable[[int], Sequence[Recommendation]], bundle_size: int
+    ) -> None:
+        self.models = models
+        self.trending = trending
+        self.bundle_size = bundle_size
+        self.waiting: list[tuple[Query, int, int, asyncio.Future[tuple[str, Answer]]]] = []
+
+    async def answer(self, query: Query, k: int, bundles: int) -> tuple[str, Answer]:
+        """(model version, answer) for one query."""
+        future: asyncio.Future[tuple[str, Answer]] = asyncio.get_running_loop().create_future()
+        self.waiting.append((query, k, bundles, future))
+        if len(self.waiting) == 1:
+            asyncio.get_running_loop().call_soon(self._answer_waiting)
+        return await future
+
+    def _answer_waiting(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        recommender = self.models.current
+        by_shape: dict[tuple[int, int], list[tuple[Query, asyncio.Future[tuple[str, Answer]]]]] = {}
+        for query, k, bundles, future in waiting:
+            by_shape.setdefault((k, bundles), []).append((query, future))
+        for (k, bundles), group in by_shape.items():
+            try:
+                answers = recommender.answer_batch(
+                    [query for query, _ in group], k, bundles, self.bundle_size, trending=self.trending
+                )
+            except Exception as error:  # each caller turns it into a 500
+                for _, future in group:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for (_, future), found in zip(group, answers, strict=True):
+                if not future.done():
+                    future.set_result((recommender.version, found))
 
 
 def web_options(settings: StreamSettings) -> dict[str, Any]:
