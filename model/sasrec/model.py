@@ -25,6 +25,9 @@ from torch import nn
 from model.contract import EVENT_TYPES
 
 PAD = 0
+KeysValues = tuple[
+    torch.Tensor, torch.Tensor
+]  # one attention layer's keys and values (B, heads, L, d / heads)
 
 
 @dataclass
@@ -75,13 +78,27 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.dim, config.dim)
         self.dropout = config.dropout
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
-        """Attention output at every position, or with `last_only` at the latest one only (B, 1, d)."""
-        batch, _, dim = x.shape
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor,
+        last_only: bool = False,
+        past: KeysValues | None = None,
+        keep: list[KeysValues] | None = None,
+    ) -> torch.Tensor:
+        """Attention output at every position of `x`, or with `last_only` at the latest one only (B, 1, d).
+
+        `past`: keys and values of positions before `x`'s (the mask covers them too), so that only the
+        last positions of an input need computing. `keep` receives this call's keys and values."""
+        batch, rows, dim = x.shape
         q, k, v = self.qkv(x).split(dim, dim=2)
+        q, k, v = (t.view(batch, rows, self.n_heads, dim // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        if past is not None:
+            k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)
+        if keep is not None:
+            keep.append((k, v))
         if last_only:
-            q, attn_mask = q[:, -1:], attn_mask[..., -1:, :]
-        q, k, v = (t.view(batch, -1, self.n_heads, dim // self.n_heads).transpose(1, 2) for t in (q, k, v))
+            q, attn_mask = q[:, :, -1:], attn_mask[..., -1:, :]
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )
@@ -102,10 +119,18 @@ class Block(nn.Module):
         )
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor,
+        last_only: bool = False,
+        past: KeysValues | None = None,
+        keep: list[KeysValues] | None = None,
+    ) -> torch.Tensor:
         """The block's output at every position, or with `last_only` at the latest one (B, 1, d): its
-        keys and values still come from every position, but nothing else does."""
-        attended = self.attn(self.ln_1(x), attn_mask, last_only)
+        keys and values still come from every position, but nothing else does (`past` and `keep`: see
+        `CausalSelfAttention`)."""
+        attended = self.attn(self.ln_1(x), attn_mask, last_only, past, keep)
         x = (x[:, -1:] if last_only else x) + self.dropout(attended)
         return x + self.mlp(self.ln_2(x))
 
@@ -127,12 +152,22 @@ class SASRec(nn.Module):
         nn.init.normal_(self.type_emb.weight, std=0.02)
         nn.init.normal_(self.pos_emb.weight, std=0.02)
 
-    def hidden(self, items: torch.Tensor, types: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+    def hidden(
+        self,
+        items: torch.Tensor,
+        types: torch.Tensor,
+        last_only: bool = False,
+        past: Sequence[KeysValues] | None = None,
+        keep: list[KeysValues] | None = None,
+    ) -> torch.Tensor:
         """Per-position session vectors (B, L, d) for left-padded inputs; position t sees events <= t only.
 
         With `last_only`, (B, 1, d) at the latest position: serving needs no other, and the last block
         then runs its attention queries, projection and MLP for one position instead of L (the demo
-        model's one-block forward of a micro-batch's leave-one-out variants: 3-5x faster, BENCHMARKS)."""
+        model's one-block forward of a micro-batch's leave-one-out variants: 3-5x faster, BENCHMARKS).
+
+        `past` (one per block): keys and values of the first positions, already known; only the positions
+        after them are computed (see `encode_last`). `keep` receives every block's keys and values."""
         _, length = items.shape
         valid = items != PAD
         positions = (valid.cumsum(1) - 1).clamp(min=0, max=self.config.max_len - 1)
@@ -142,9 +177,13 @@ class SASRec(nn.Module):
         # Keys must be real events; every query may see itself, so padded rows never attend to nothing (NaN).
         attn_mask = (causal & valid[:, None, :]) | torch.eye(length, dtype=torch.bool, device=items.device)
         attn_mask = attn_mask.unsqueeze(1)
+        if past is not None:
+            tail = length - past[0][0].shape[2]
+            x, attn_mask = x[:, -tail:], attn_mask[:, :, -tail:]
         last_block = len(self.blocks) - 1
         for depth, block in enumerate(self.blocks):
-            x = block(x, attn_mask, last_only and depth == last_block)
+            known = past[depth] if past is not None else None
+            x = block(x, attn_mask, last_only and depth == last_block, known, keep)
         return self.ln_f(x)
 
     @property
@@ -166,10 +205,24 @@ class SASRec(nn.Module):
         event's type, `distance` how many events before that position it happened."""
         return F.softplus(gate + self.repeat_distance[distance] + self.repeat_type[types])
 
-    def encode_last(self, items: torch.Tensor, types: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_last(
+        self,
+        items: torch.Tensor,
+        types: torch.Tensor,
+        past: Sequence[Sequence[KeysValues]] | None = None,
+        keep: list[list[KeysValues]] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """For left-padded histories: session vectors (B, d) at the latest event, and the repeat bonus
-        (B, L) of each history position for that prediction (0 on padding)."""
-        hidden = self.hidden(items, types, last_only=True)[:, -1]
+        (B, L) of each history position for that prediction (0 on padding).
+
+        `keep` receives one entry per member (a SASRec is one): every block's keys and values. Given as
+        `past`, keys and values of each input's first positions are taken as they are and only its last
+        positions computed: an input that differs from a known one only there (a history without one of
+        its latest events) costs a few positions instead of all of them."""
+        blocks: list[KeysValues] | None = [] if keep is not None else None
+        hidden = self.hidden(items, types, True, past[0] if past is not None else None, blocks)[:, -1]
+        if keep is not None and blocks is not None:
+            keep.append(blocks)
         length = items.shape[1]
         distance = (length - 1 - torch.arange(length, device=items.device)).expand_as(items)
         gate = self.repeat_gate(hidden)  # (B, 1): broadcasts over the history positions
@@ -245,8 +298,17 @@ class SASRecEnsemble(nn.Module):
     def item_vectors(self) -> torch.Tensor:
         return torch.cat([member.item_vectors() for member in self.members], dim=1)
 
-    def encode_last(self, items: torch.Tensor, types: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = [member.encode_last(items, types) for member in self.members]
+    def encode_last(
+        self,
+        items: torch.Tensor,
+        types: torch.Tensor,
+        past: Sequence[Sequence[KeysValues]] | None = None,
+        keep: list[list[KeysValues]] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = [
+            member.encode_last(items, types, [past[m]] if past is not None else None, keep)
+            for m, member in enumerate(self.members)
+        ]
         count = len(parts)
         vectors = torch.cat([vector for vector, _ in parts], dim=1) / count
         return vectors, torch.stack([bonus for _, bonus in parts]).mean(0)

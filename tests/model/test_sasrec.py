@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from model.data import Session, views
-from model.sasrec.encode import encode_sessions, left_pad
-from model.sasrec.model import PAD, SASRec, SASRecConfig, SASRecEnsemble, SoftmaxCrossEntropy
+from model.sasrec.encode import encode_sessions, encode_without_one, left_pad
+from model.sasrec.model import PAD, SASRec, SASRecConfig, SASRecEnsemble, SoftmaxCrossEntropy, session_model
 from model.sasrec.train import (
     TrainConfig,
     candidates,
@@ -271,3 +271,41 @@ def test_left_pad_keeps_the_latest_values_right_aligned() -> None:
     padded = left_pad([[1, 2, 3], [], [4, 5, 6, 7, 8], [9]], 4, 0)
     assert padded.tolist() == [[0, 1, 2, 3], [0, 0, 0, 0], [5, 6, 7, 8], [0, 0, 0, 9]]
     assert left_pad([[1, 2]], 0, 0).shape == (1, 0)
+
+
+@pytest.mark.parametrize(("layers", "members"), [(1, 1), (2, 1), (2, 2), (3, 1)])
+def test_variants_reusing_their_sources_keys_equal_variants_encoded_alone(layers: int, members: int) -> None:
+    """Leaving one of the latest events out, computed from the source history's keys and values at the
+    positions before it (`encode_without_one`), gives what encoding the variant alone gives."""
+    torch.manual_seed(layers * 10 + members)
+    config = SASRecConfig(n_items=40, max_len=12, dim=16, n_layers=layers, n_heads=2, dropout=0.0)
+    model = session_model([SASRec(config) for _ in range(members)]).eval()
+    with torch.no_grad():  # a trained model's repeat parameters are not zero; make them matter here
+        for member in getattr(model, "members", [model]):
+            member.repeat_distance.normal_()
+            member.repeat_type.normal_()
+    generator = random.Random(layers + members)
+    histories = [
+        ([generator.randint(1, 40) for _ in range(n)], [generator.randint(1, 4) for _ in range(n)])
+        for n in (1, 2, 3, 7, 11, 12, 12, 13, 15)  # up to the window, and past it
+    ]
+    variants = [
+        (source, j)
+        for source, (items, _) in enumerate(histories)
+        for j in range(max(0, len(items) - 6), len(items))
+    ]
+    device = torch.device("cpu")
+    sources, without = encode_without_one(model, histories, variants, device, batch_size=4)
+    alone = encode_sessions(model, histories, device)
+    dropped = [
+        (histories[s][0][:j] + histories[s][0][j + 1 :], histories[s][1][:j] + histories[s][1][j + 1 :])
+        for s, j in variants
+    ]
+    expected = encode_sessions(model, [d for d in dropped if d[0]], device)
+    np.testing.assert_allclose(sources.vectors, alone.vectors, atol=1e-5)
+    nonempty = [n for n, d in enumerate(dropped) if d[0]]
+    np.testing.assert_allclose(without.vectors[nonempty], expected.vectors, atol=1e-5)
+    assert not without.vectors[[n for n, d in enumerate(dropped) if not d[0]]].any()
+    for got, want in zip([without.repeats[n] for n in nonempty], expected.repeats, strict=True):
+        assert got.keys() == want.keys()
+        np.testing.assert_allclose([got[k] for k in want], [want[k] for k in want], atol=1e-5)

@@ -12,8 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from model.contract import EVENT_TYPES
 from stream import metrics
 
-# Label names whose values come from a closed set; a user or item id must never become a label.
-BOUNDED_LABELS = {"type", "reason", "stage", "topic", "partition", "version"}
+# Label names whose values come from a closed set (status: HTTP codes); never a user or item id.
+BOUNDED_LABELS = {"type", "reason", "stage", "topic", "partition", "version", "route", "status"}
 UNIT_SUFFIXES = ("_seconds", "_items", "_events", "_messages", "_entries")
 
 
