@@ -14,6 +14,10 @@ from model.sasrec.model import PAD, KeysValues, SessionModel
 from model.vocab import ItemVocab
 
 TYPE_IDS = {name: i + 1 for i, name in enumerate(EVENT_TYPES)}  # 0 is padding
+# Sharing keys takes a second forward pass; it pays for itself only when it saves many positions: for
+# histories of 20 events and more, and batches of 4 such users and more (measured: BENCHMARKS, "Stream").
+MIN_SHARED_HISTORY = 20
+MIN_SHARING_SOURCES = 4
 
 
 def encode_history(
@@ -169,8 +173,10 @@ def encode_without_one(
     values there are the source's at every block: only the positions from the dropped event on are
     computed (the same result as encoding the variant alone, to float rounding; tested). Leaving one of the
     last 10 events out of a 50-event history then costs at most 10 positions instead of 50. Histories
-    longer than the model's window are encoded whole with their variants (the window would shift). An
-    input with no item is not encoded: its vector is zero and it has no repeats.
+    longer than the model's window are encoded whole with their variants (the window would shift), and so are
+    histories shorter than MIN_SHARED_HISTORY, and everything when fewer than MIN_SHARING_SOURCES histories
+    could share (a second pass then costs more than it saves). An input with no item is not encoded: its
+    vector is zero and it has no repeats.
     """
     if model.training:
         model.eval()
@@ -179,11 +185,17 @@ def encode_without_one(
     repeats: list[dict[int, float]] = [{} for _ in histories]
     variant_vectors = np.zeros((len(variants), model.vector_dim), dtype=np.float32)
     variant_repeats: list[dict[int, float]] = [{} for _ in variants]
-    by_source: dict[int, list[int]] = {}
-    whole: list[int] = []  # variants of histories longer than the window
+    by_source: dict[int, list[int]] = {}  # sources long enough to share their keys, and their variants
+    whole: list[int] = []  # the other variants, encoded whole in one pass with the other histories
     for n, (source, _) in enumerate(variants):
-        if len(histories[source][0]) > 1:  # else the variant is empty: no item, no vector
-            (by_source.setdefault(source, []) if len(histories[source][0]) <= max_len else whole).append(n)
+        size = len(histories[source][0])
+        if MIN_SHARED_HISTORY <= size <= max_len:
+            by_source.setdefault(source, []).append(n)
+        elif size > 1:  # else the variant is empty: no item, no vector
+            whole.append(n)
+    if len(by_source) < MIN_SHARING_SOURCES:  # too few to pay for the second pass
+        whole += [n for members in by_source.values() for n in members]
+        by_source = {}
     sources = sorted(by_source)
     for start in range(0, len(sources), batch_size):
         chunk = sources[start : start + batch_size]
@@ -198,26 +210,25 @@ def encode_without_one(
         rows = torch.tensor([place[variants[n][0]] for n in members], device=device)
         inputs = [_without(histories[variants[n][0]], variants[n][1]) for n in members]
         tail = max(1, max(len(histories[variants[n][0]][0]) - 1 - variants[n][1] for n in members))
-        past = None
-        if tail < length:
-            past = [[_shifted(kv, rows, length - tail) for kv in member] for member in keep]
+        past = (
+            [[_shifted(kv, rows, length - tail) for kv in member] for member in keep]
+            if tail < length
+            else None
+        )
         variant_vectors[members], found = _forward(model, inputs, device, length, past=past)
         for n, summed in zip(members, found, strict=True):
             variant_repeats[n] = summed
     plain = [row for row in range(len(histories)) if row not in by_source and histories[row][0]]
-    for rows, inputs, target in (
-        (plain, [histories[row] for row in plain], (vectors, repeats)),
-        (
-            whole,
-            [_without(histories[variants[n][0]], variants[n][1]) for n in whole],
-            (variant_vectors, variant_repeats),
-        ),
-    ):
-        if rows:
-            done = encode_sessions(model, inputs, device)
-            target[0][rows] = done.vectors
-            for row, summed in zip(rows, done.repeats, strict=True):
-                target[1][row] = summed
+    if plain or whole:
+        inputs = [histories[row] for row in plain] + [
+            _without(histories[variants[n][0]], variants[n][1]) for n in whole
+        ]
+        done = encode_sessions(model, inputs, device)
+        vectors[plain], variant_vectors[whole] = done.vectors[: len(plain)], done.vectors[len(plain) :]
+        for row, summed in zip(plain, done.repeats[: len(plain)], strict=True):
+            repeats[row] = summed
+        for n, summed in zip(whole, done.repeats[len(plain) :], strict=True):
+            variant_repeats[n] = summed
     return EncodedSessions(vectors, repeats), EncodedSessions(variant_vectors, variant_repeats)
 
 

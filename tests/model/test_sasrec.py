@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model.data import Session, views
-from model.sasrec.encode import encode_sessions, encode_without_one, left_pad
+from model.sasrec.encode import MIN_SHARED_HISTORY, encode_sessions, encode_without_one, left_pad
 from model.sasrec.model import PAD, SASRec, SASRecConfig, SASRecEnsemble, SoftmaxCrossEntropy, session_model
 from model.sasrec.train import (
     TrainConfig,
@@ -278,7 +278,7 @@ def test_variants_reusing_their_sources_keys_equal_variants_encoded_alone(layers
     """Leaving one of the latest events out, computed from the source history's keys and values at the
     positions before it (`encode_without_one`), gives what encoding the variant alone gives."""
     torch.manual_seed(layers * 10 + members)
-    config = SASRecConfig(n_items=40, max_len=12, dim=16, n_layers=layers, n_heads=2, dropout=0.0)
+    config = SASRecConfig(n_items=40, max_len=30, dim=16, n_layers=layers, n_heads=2, dropout=0.0)
     model = session_model([SASRec(config) for _ in range(members)]).eval()
     with torch.no_grad():  # a trained model's repeat parameters are not zero; make them matter here
         for member in getattr(model, "members", [model]):
@@ -287,7 +287,8 @@ def test_variants_reusing_their_sources_keys_equal_variants_encoded_alone(layers
     generator = random.Random(layers + members)
     histories = [
         ([generator.randint(1, 40) for _ in range(n)], [generator.randint(1, 4) for _ in range(n)])
-        for n in (1, 2, 3, 7, 11, 12, 12, 13, 15)  # up to the window, and past it
+        # Short ones (encoded whole), long ones sharing keys (MIN_SHARED_HISTORY on), past the window.
+        for n in (1, 2, 7, MIN_SHARED_HISTORY - 1, MIN_SHARED_HISTORY, 25, 30, 30, 31, 35)
     ]
     variants = [
         (source, j)
