@@ -195,7 +195,7 @@ def read_online_retail(path: Path) -> pd.DataFrame:
     return kept.drop(columns="quantity").reset_index(drop=True)
 
 
-def _catalog(lines: pd.DataFrame) -> pd.DataFrame:
+def catalog_of(lines: pd.DataFrame) -> pd.DataFrame:
     """One row per item: its most frequent description (ties: alphabetical) and median unit price."""
     descriptions = (
         lines.groupby(["item_id", "description"])
@@ -233,13 +233,13 @@ def _runs(keys: pd.Series, items: pd.Series) -> list[tuple[str, ...]]:
     return [tuple(item for _, item in run) for _, run in groupby(pairs, key=itemgetter(0))]
 
 
-def _baskets(lines: pd.DataFrame) -> list[tuple[str, ...]]:
+def baskets_of(lines: pd.DataFrame) -> list[tuple[str, ...]]:
     """Distinct items of each invoice, invoices in time order (lines are sorted and de-duplicated)."""
     return _runs(lines["invoice"], lines["item_id"])
 
 
-def _basket_customers(lines: pd.DataFrame) -> list[str | None]:
-    """The customer of each invoice of `_baskets(lines)`, in the same order (None for anonymous ones)."""
+def basket_customers_of(lines: pd.DataFrame) -> list[str | None]:
+    """The customer of each invoice of `baskets_of(lines)`, in the same order (None for anonymous ones)."""
     return [None if pd.isna(run[0]) else run[0] for run in _runs(lines["invoice"], lines["customer_id"])]
 
 
@@ -276,10 +276,10 @@ def load_online_retail(path: Path, test_weeks: int = 4, valid_weeks: int = 4) ->
         train=train,
         valid=valid,
         test=test,
-        catalog=_catalog(lines),
-        baskets=_baskets(train_lines),
-        basket_customers=_basket_customers(train_lines),
-        test_baskets=_baskets(lines[lines["ts"] >= test_start]),
+        catalog=catalog_of(lines),
+        baskets=baskets_of(train_lines),
+        basket_customers=basket_customers_of(train_lines),
+        test_baskets=baskets_of(lines[lines["ts"] >= test_start]),
     )
 
 

@@ -21,12 +21,14 @@ from model.bundles import assemble
 from model.complement.evaluate import (
     CompletionResult,
     CoPurchaseCompleter,
+    Fold,
     PopularityCompleter,
     completion_cases,
     evaluate_completion,
+    monthly_folds,
 )
 from model.complement.model import ComplementModel
-from model.data import load_dataset
+from model.data import default_data_path, load_dataset, read_online_retail
 from model.neardup import ProductKinds
 from model.recommender import Recommender
 
@@ -44,6 +46,11 @@ VALID_FRACTION = 0.12  # the latest training baskets (about the last 4 training 
 class Split(StrEnum):
     valid = "valid"
     test = "test"
+
+
+class Folds(StrEnum):
+    none = "none"
+    monthly = "monthly"
 
 
 @dataclass(frozen=True)
@@ -87,8 +94,23 @@ def evaluate(
     max_cases: Annotated[int, typer.Option(help="Test cases for bundles and faithfulness")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the random session item in the faithfulness check")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout")] = False,
+    folds: Annotated[
+        Folds,
+        typer.Option(
+            help="monthly: rolling-origin folds instead of one split, each month from Feb 2011 completed by "
+            "every method fitted on all earlier invoices (--split and --model do not apply)"
+        ),
+    ] = Folds.none,
 ) -> None:
     """Basket completion (model vs popularity vs co-purchase counts), bundle quality and faithfulness."""
+    if folds is Folds.monthly:
+        path = data if data is not None else default_data_path("online-retail")
+        report = evaluate_folds(monthly_folds(read_online_retail(path)), k)
+        if as_json:
+            print(json.dumps(report, indent=2))
+        else:
+            print_folds(report)
+        return
     # Test: every method is fitted on all baskets before the test weeks (validation weeks folded back in,
     # as the main model is refit); valid: on the training period only, its latest baskets held out.
     dataset = load_dataset("online-retail", data, holdout_validation=split is Split.valid)
@@ -170,6 +192,61 @@ def faithfulness(
             wins += drops[0] > rng.choice(drops[1:])
             total += 1
     return {"cases": total, "strongest_beats_random": wins / max(total, 1)}
+
+
+METHODS = ("popularity", "co-purchase counts", "complement model")
+
+
+def evaluate_folds(folds: list[Fold], k: int) -> dict[str, object]:
+    """Every method on every fold, with the mean and the worst fold of the model's Recall@k ratio to
+    co-purchase counts (the bar a complement model has to clear everywhere)."""
+    rows = []
+    for fold in tqdm(folds, desc="folds", unit="month", disable=None, leave=False):
+        cases = completion_cases(fold.test_baskets)
+        complements = ComplementModel.fit(fold.fit_baskets, fold.catalog, customers=fold.fit_customers)
+        completers = (
+            PopularityCompleter(fold.fit_baskets),
+            CoPurchaseCompleter(fold.fit_baskets),
+            complements,
+        )
+        results = {
+            name: asdict(evaluate_completion(completer, cases, k, f"{fold.month} {name}"))
+            for name, completer in zip(METHODS, completers, strict=True)
+        }
+        ratio = results["complement model"]["recall"] / max(results["co-purchase counts"]["recall"], 1e-12)
+        rows.append({"month": fold.month, "fit_baskets": len(fold.fit_baskets), **results, "ratio": ratio})
+    mean = {name: float(np.mean([row[name]["recall"] for row in rows])) for name in METHODS}
+    worst = min(rows, key=lambda row: row["ratio"])
+    return {
+        "k": k,
+        "folds": rows,
+        "mean_recall": mean,
+        "mean_ratio": mean["complement model"] / max(mean["co-purchase counts"], 1e-12),
+        "worst_fold": {"month": worst["month"], "ratio": worst["ratio"]},
+    }
+
+
+def print_folds(report: dict[str, object]) -> None:
+    out = Console()
+    table = Table(
+        title=f"Basket completion on monthly rolling-origin folds, Recall@{report['k']} / Hit@{report['k']}"
+    )
+    for column in ("month", "invoices", *METHODS, "ratio"):
+        table.add_column(column)
+    rows = report["folds"]
+    assert isinstance(rows, list)
+    for row in rows:
+        cells = [f"{row[name]['recall']:.4f} / {row[name]['hit']:.4f}" for name in METHODS]
+        table.add_row(row["month"], f"{row['popularity']['baskets']:,}", *cells, f"{row['ratio']:.3f}")
+    mean = report["mean_recall"]
+    assert isinstance(mean, dict)
+    table.add_row("mean", "", *(f"{mean[name]:.4f}" for name in METHODS), f"{report['mean_ratio']:.3f}")
+    out.print(table)
+    worst = report["worst_fold"]
+    assert isinstance(worst, dict)
+    out.print(
+        f"worst fold: {worst['month']}, Recall@{report['k']} ratio to co-purchase counts {worst['ratio']:.3f}"
+    )
 
 
 def print_report(report: dict[str, object]) -> None:

@@ -1,5 +1,9 @@
 """Basket completion: give one item of a held-out basket, score the others among the top k.
 
+Held-out baskets are a later period than the fitted ones: the test weeks, a validation window, or each
+month of a rolling-origin evaluation (`monthly_folds`: fit on everything before the month, test on it),
+which shows whether a method's lead holds across seasons rather than on one split.
+
 For each held-out basket with two or more distinct products, the anchor is its first line (deterministic)
 and the targets are the other products. Recall@k is the share of targets among `complete([anchor], k)`,
 Hit@k whether any target is there, both averaged over baskets. The baselines run in the same loop:
@@ -13,10 +17,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from tqdm import tqdm
 
 from model.complement.model import incidence
+from model.data import basket_customers_of, baskets_of, catalog_of
 from model.vocab import ItemVocab
 
 
@@ -85,3 +91,34 @@ def evaluate_completion(
         recalls.append(found / len(targets))
         hits.append(found > 0)
     return CompletionResult(float(np.mean(recalls)), float(np.mean(hits)), len(cases))
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One rolling-origin fold: everything before `month` to fit on, that month's baskets to complete."""
+
+    month: str  # YYYY-MM
+    fit_baskets: list[tuple[str, ...]]
+    fit_customers: list[str | None]
+    catalog: pd.DataFrame  # items described in the fit period only: no later product is known yet
+    test_baskets: list[tuple[str, ...]]
+
+
+def monthly_folds(lines: pd.DataFrame, first_month: str = "2011-02") -> list[Fold]:
+    """One fold per calendar month from `first_month` on: fit on every invoice before the month, test on
+    the month's (`lines` as `model.data.read_online_retail` gives them: returns, cancellations, zero
+    prices and non-product codes already removed)."""
+    months = lines["ts"].dt.to_period("M")
+    folds = []
+    for month in sorted(months[months >= pd.Period(first_month, "M")].unique()):
+        before, during = lines[months < month], lines[months == month]
+        folds.append(
+            Fold(
+                str(month),
+                baskets_of(before),
+                basket_customers_of(before),
+                catalog_of(before),
+                baskets_of(during),
+            )
+        )
+    return folds

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
-from model.complement.evaluate import CoPurchaseCompleter, completion_cases, evaluate_completion
+from model.complement.cli import app as bundles_app
+from model.complement.evaluate import (
+    CoPurchaseCompleter,
+    completion_cases,
+    evaluate_completion,
+    monthly_folds,
+)
 from model.complement.model import ComplementConfig, ComplementModel
+from tests.conftest import ONLINE_RETAIL_SAMPLE
 
 # "tea" goes with "saucer" every time; "bag" is a best seller that lands in every basket.
 BASKETS = [
@@ -142,3 +151,42 @@ def test_rows_and_strength_agree_with_the_id_api(fitted: ComplementModel) -> Non
         expected = [max(pair_score(fitted, item, o), pair_score(fitted, o, item)) for o in items]
         assert fitted.strength(row, columns).tolist() == pytest.approx(expected, abs=0)
     assert fitted.strength(items.index("tea"), columns)[items.index("saucer")] > 0
+
+
+def test_monthly_folds_fit_only_on_what_came_before_each_month() -> None:
+    lines = pd.DataFrame(
+        {
+            "invoice": ["1", "1", "2", "2", "3", "3", "4"],
+            "item_id": ["a", "b", "a", "c", "d", "a", "e"],
+            "description": ["A", "B", "A", "C", "D", "A", "E"],
+            "price": [1.0] * 7,
+            "customer_id": ["x", "x", pd.NA, pd.NA, "y", "y", "x"],
+            "ts": pd.to_datetime(
+                ["2011-01-05"] * 2 + ["2011-02-03"] * 2 + ["2011-02-20"] * 2 + ["2011-03-01"]
+            ),
+        }
+    )
+    folds = monthly_folds(lines, first_month="2011-02")
+    assert [fold.month for fold in folds] == ["2011-02", "2011-03"]
+    february, march = folds
+    assert february.fit_baskets == [("a", "b")] and february.fit_customers == ["x"]
+    assert february.test_baskets == [("a", "c"), ("d", "a")]
+    assert set(february.catalog["item_id"]) == {"a", "b"}  # d is not described before it is sold
+    assert march.fit_baskets == [("a", "b"), ("a", "c"), ("d", "a")] and march.test_baskets == [("e",)]
+
+
+def test_the_monthly_evaluation_reports_every_fold_the_mean_and_the_worst() -> None:
+    result = CliRunner().invoke(
+        bundles_app, ["evaluate", "--folds", "monthly", "--data", str(ONLINE_RETAIL_SAMPLE), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    months = [row["month"] for row in report["folds"]]
+    assert months == [f"2011-{month:02d}" for month in range(2, 11)]
+    ratios = [row["ratio"] for row in report["folds"]]
+    assert report["worst_fold"]["ratio"] == min(ratios)
+    mean = report["mean_recall"]
+    assert report["mean_ratio"] == pytest.approx(mean["complement model"] / mean["co-purchase counts"])
+    assert all(
+        row["popularity"]["baskets"] == row["co-purchase counts"]["baskets"] > 0 for row in report["folds"]
+    )
