@@ -181,7 +181,7 @@ def demo(
     """
     from stream.broker import port_or_free
     from stream.demo import WorkerDied, replay_and_show
-    from stream.launch import broker_for, ensure_model, worker_process
+    from stream.launch import broker_for, describe_model, ensure_model, worker_process
 
     ports = {"metrics_port": "metrics", "web_port": "query API"}
     for field, what in ports.items():
@@ -196,6 +196,9 @@ def demo(
     with tempfile.TemporaryDirectory(prefix="bundlecast-demo-") as scratch, broker_for(settings) as settings:
         console.print(f"broker [bold]{settings.kafka_bootstrap}[/]")
         ensure_model(settings.model_dir)
+        console.print(
+            f"{describe_model(settings.model_dir)} (the demo trains a small one when none is there)"
+        )
         if "BUNDLECAST_STATE_DIR" not in os.environ:
             settings = settings.model_copy(update={"state_dir": Path(scratch) / "state"})
         with worker_process(settings, log) as process:
@@ -242,12 +245,15 @@ def bench(
     seconds: float = typer.Option(10.0, min=1, help="Length of each fixed-rate step."),
     burst: int = typer.Option(30_000, min=1, help="Events in the as-fast-as-possible (0) step."),
 ) -> None:
-    """Drive a real worker at fixed rates: sustained events/s, p50/p99 produce-to-answer ms, stage split."""
+    """Drive a real worker at fixed rates: sustained events/s, p50/p99 produce-to-answer ms, stage split.
+
+    Measures the model in BUNDLECAST_MODEL_DIR; with none there, it first trains the one `bundlecast train
+    --dataset online-retail` ships (not the demo's small model)."""
     from rich.table import Table
 
     from stream.bench import AnswerClock, run_step, wait_for_metrics
     from stream.broker import free_port, port_or_free
-    from stream.launch import broker_for, ensure_model, worker_process
+    from stream.launch import broker_for, describe_model, ensure_shipped_model, has_model, worker_process
     from stream.metrics import STAGES
     from stream.replay import load_events
 
@@ -265,7 +271,13 @@ def bench(
         title="bundlecast bench",
     )
     with tempfile.TemporaryDirectory(prefix="bundlecast-bench-") as scratch, broker_for(settings) as settings:
-        ensure_model(settings.model_dir)
+        if not has_model(settings.model_dir):
+            console.print(
+                f"no model in {settings.model_dir}: training the one `bundlecast train --dataset "
+                "online-retail` ships (about 5 minutes on 2 cores; BUNDLECAST_MODEL_DIR reuses a trained one)"
+            )
+        ensure_shipped_model(settings.model_dir)
+        console.print(f"measuring {describe_model(settings.model_dir)}")
         settings = settings.model_copy(
             update={
                 "state_dir": Path(scratch) / "state",

@@ -29,6 +29,7 @@ def test_bench_answers_every_offered_event_and_reports_each_step(
         [sys.executable, "-m", "stream.cli", *command], env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "measuring model" in result.stdout and "dim 32, 1 blocks, 20 positions, 1 member" in result.stdout
     rows = {
         cells[0]: cells
         for line in result.stdout.splitlines()
