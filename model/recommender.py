@@ -250,7 +250,8 @@ class Recommender:
             attribution = self.attribute(
                 [query.history for query in queries], [query.event_types for query in queries], window
             )
-        warm = [row for row, query in enumerate(queries) if self.known(query.history)]
+        known = [self.known(query.history) for query in queries]
+        warm = [row for row, is_known in enumerate(known) if is_known]
         candidates: list[list[Recommendation]] = [[] for _ in queries]
         with stage("faiss"):
             found = self.search(
@@ -258,7 +259,7 @@ class Recommender:
             )
         for row, ranked in zip(warm, found, strict=True):
             candidates[row] = ranked
-        cold = [row for row, query in enumerate(queries) if not self.known(query.history)]
+        cold = [row for row, is_known in enumerate(known) if not is_known]
         return attribution, candidates, cold
 
     def recommend_batch(

@@ -85,15 +85,9 @@ LOG_LEVEL = typer.Option("warning", help="Worker log level (debug, info, warning
 @settings_options
 def worker(settings: StreamSettings, log_level: str = LOG_LEVEL) -> None:
     """Run a stream worker: clickstream in, recommendations out (creates its topics if missing)."""
-    from stream.topics import BrokerConnectionError
-    from stream.upstream import UpstreamChanged
     from stream.worker import run_worker
 
-    try:
-        run_worker(settings, log_level)
-    except (BrokerConnectionError, UpstreamChanged) as error:
-        console.print(f"[red]error:[/] {escape(str(error))}", soft_wrap=True)
-        raise typer.Exit(1) from None
+    run_worker(settings, log_level)  # a broker or upstream mismatch ends in main()'s one-line error
 
 
 @app.command()

@@ -11,7 +11,7 @@ delete here looks the key up in each partition this worker holds and tombstones 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import faust
@@ -55,12 +55,17 @@ class SessionPartitions:
         offset_key = self._store.offset_key
         return ((k, v) for k, v in db.items(from_key=key) if k != offset_key)
 
-    def state_of(self, key: bytes) -> UserState | None:
-        """The user's state, from whichever partition held here has it (None: no state here)."""
+    def _holding(self, key: bytes) -> Iterator[tuple[int, bytes]]:
+        """(partition, stored JSON) of every partition held here that has `key`."""
         for partition in self.held():
             stored = self._store._dbs[partition].get(key)
             if stored is not None:
-                return UserState.from_json(orjson.loads(stored))
+                yield partition, stored
+
+    def state_of(self, key: bytes) -> UserState | None:
+        """The user's state, from whichever partition held here has it (None: no state here)."""
+        for _, stored in self._holding(key):
+            return UserState.from_json(orjson.loads(stored))
         return None
 
     def _delete_locally(self, partition: int, key: bytes) -> None:
@@ -86,7 +91,7 @@ class SessionPartitions:
     def erase(self, key: bytes) -> int:
         """Delete `key` from every partition held here that has it, each with a tombstone in that changelog
         partition (Faust's producer: a forget request deletes one user); returns how many had it."""
-        holding = [p for p in self.held() if self._store._dbs[p].get(key) is not None]
+        holding = [partition for partition, _ in self._holding(key)]
         for partition in holding:
             self._delete_locally(partition, key)
             self.table.send_changelog(partition, key, None, value_serializer="raw")

@@ -31,6 +31,7 @@ from stream.config import StreamSettings
 from stream.metrics import Check, QueryRoute
 from stream.models import ModelHolder
 from stream.query import (
+    Ask,
     BadRequest,
     check_id,
     error_json,
@@ -90,15 +91,15 @@ def register_query_api(
         async def get(self, request: Request, user_id: str) -> Response:
             async def handle() -> Response:
                 check_id("user_id", user_id, settings)
-                parse_parameters(request.query.items(), settings)  # refused here, before any forwarding
-                return await self.on_owner(request, user_id=user_id)
+                ask = parse_parameters(request.query.items(), settings)  # refused here, before forwarding
+                return await self.on_owner(request, user_id=user_id, ask=ask)
 
             return await respond(self, "user", handle)
 
         @app.table_route(table=table, match_info="user_id")
-        async def on_owner(self, request: Request, user_id: str) -> Response:
-            """Runs on the worker holding the user's partition (others forward the request there)."""
-            ask = parse_parameters(request.query.items(), settings)
+        async def on_owner(self, request: Request, user_id: str, ask: Ask) -> Response:
+            """Runs on the worker holding the user's partition (others forward the request there, where
+            `get` checks it again)."""
             state = state_of(user_id.encode("utf-8")) or UserState()
             body = await answer(user_id, query_for_user(state, ask), ask.k, ask.bundles)
             return self.bytes(body, content_type=JSON)

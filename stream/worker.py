@@ -32,6 +32,7 @@ from stream.answer import recommendation_message
 from stream.config import StreamSettings
 from stream.events import DlqReason, ForgetRequest, Rejection, dead_letter
 from stream.health import Liveness, readiness
+from stream.metrics import Check
 from stream.models import ModelHolder
 from stream.pipeline import Admitted, Pipeline
 from stream.sessions import SessionPartitions
@@ -300,7 +301,7 @@ def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
             lambda depth: pipeline.popularity.top(depth, time.time(), models.current.vocab),
             settings,
             liveness.check,
-            partial(readiness, partial(input_partitions_held, app, settings.input_topic)),
+            readiness_of(app, settings.input_topic),
         )
 
     def letter_for(event: EventT, rejection: Rejection) -> tuple[bytes | None, bytes]:
@@ -458,8 +459,13 @@ def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
     return app
 
 
-def input_partitions_held(app: faust.App, topic: str) -> int:
-    return sum(tp.topic == topic for tp in app.assignor.assigned_actives())
+def readiness_of(app: faust.App, input_topic: str) -> Check:
+    """The worker's readiness check (`stream.health.readiness`), counting the input partitions it holds."""
+
+    def held() -> int:
+        return sum(tp.topic == input_topic for tp in app.assignor.assigned_actives())
+
+    return partial(readiness, held)
 
 
 def run_worker(settings: StreamSettings, log_level: str = "warning") -> None:
@@ -473,9 +479,8 @@ def run_worker(settings: StreamSettings, log_level: str = "warning") -> None:
     liveness = Liveness(settings.liveness_stall_s)
     app = create_app(settings, liveness)
     if settings.metrics_port:
-        input_partitions = partial(input_partitions_held, app, settings.input_topic)
         metrics.start_metrics_server(
-            settings.metrics_port, liveness=liveness.check, readiness=partial(readiness, input_partitions)
+            settings.metrics_port, liveness=liveness.check, readiness=readiness_of(app, settings.input_topic)
         )
     worker = faust.Worker(app, loglevel=log_level)
     # Faust's start-up spinner sets the root logger to DEBUG so that every record turns it, which makes

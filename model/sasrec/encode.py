@@ -295,9 +295,7 @@ def encode_leave_one_out(
         rows.append(own)
         positions.append([known[j] for j in left_out])
     distinct = list(inputs)
-    whole, without = encode_without_one(model, distinct, variant_of, device)
-    whole.vectors[[not indices for indices, _ in distinct]] = 0.0
-    without.vectors[[not key[0] for key in variants]] = 0.0
+    whole, without = encode_without_one(model, distinct, variant_of, device)  # no item: zero vector
     offset = len(distinct)  # variant rows follow the full inputs' in the joined encoding
     encoded = EncodedSessions(
         np.concatenate([whole.vectors, without.vectors]), [*whole.repeats, *without.repeats]
