@@ -26,7 +26,9 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest
 
 @pytest.fixture(autouse=True)
 def no_debug(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("BUNDLECAST_DEBUG", raising=False)
+    """Debug off, and whatever `--debug` sets in os.environ undone after the test (setenv records the
+    variable's absence; delenv on an absent one records nothing, and a later test's workers inherited it)."""
+    monkeypatch.setenv("BUNDLECAST_DEBUG", "0")
 
 
 def test_an_event_log_dataset_without_its_file(capsys, monkeypatch, tmp_path: Path) -> None:
