@@ -423,8 +423,10 @@ def explain_bundle(
     evidence = []
     for item in bundle.items:
         if item != bundle.anchor:
-            together, lift = context.space.complements.evidence(bundle.anchor, item)
-            evidence.append(Evidence(item, bundle.anchor, together, round(lift, 3)))
+            complements = context.space.complements
+            together, lift = complements.evidence(bundle.anchor, item)
+            signal = complements.signal(bundle.anchor, item)
+            evidence.append(Evidence(item, bundle.anchor, together, round(lift, 3), signal))
     cold = any(e.pair_baskets == 0 for e in evidence)
     reasons = Reasons("cold_start" if cold else "complement", drivers, evidence)
     return ExplainedBundle(

@@ -4,13 +4,16 @@ JSON shape (what the stream puts into each output message, `reasons` of an item 
 
     {"code": "personalized",                      # personalized | complement | repeat | popular | cold_start
      "drivers": [{"item_id": "85123A", "type": "view", "weight": 0.21}, ...],   # the user's own events
-     "evidence": [{"item_id": "22423", "with_item": "85123A", "pair_baskets": 41, "lift": 6.3}, ...]}
+     "evidence": [{"item_id": "22423", "with_item": "85123A", "pair_baskets": 41, "lift": 6.3,
+                   "signal": "co_purchase"}, ...]}
 
 - `drivers`: the user's recent events that drove the item, strongest first. The weight of an event is how
   much the item's score (session vector . item vector) drops when that one event is left out of the
   session (leave-one-out on the session vector, all variants of a micro-batch in one batched forward).
   Only events that raise the score are listed.
-- `evidence`: co-purchase evidence for bundle members: baskets holding both items and their lift.
+- `evidence`: for each bundle member, baskets holding it and the anchor, their lift, and the `signal` that put
+  it there (model.complement.model.SIGNAL_NAMES): co_purchase, same_customers (the anchor's buyers buy it on
+  other invoices), similar_description, complement_model (the hand-set blend) or popularity.
 - `code`: `repeat` (the item is already in the session), `personalized` (the session model ranked it from the
   user's events), `complement` (it goes with an item the user is into; bundles), `popular` (no known event:
   best sellers), `cold_start` (an item with almost no training interactions, or a bundle member that shares
@@ -53,6 +56,7 @@ class Evidence:
     with_item: str
     pair_baskets: int
     lift: float
+    signal: str
 
 
 @dataclass(slots=True)

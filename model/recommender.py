@@ -25,6 +25,7 @@ from model.artifacts import CONFIG, new_version, resolve_version
 from model.bundles import CANDIDATES_PER_ANCHOR, ExplainedBundle, explained_bundles
 from model.bundles import warm_up as warm_up_bundles
 from model.complement.model import ComplementModel
+from model.complement.ranker import fit_complements
 from model.data import Case, Dataset, Session, item_names
 from model.explain import ATTRIBUTION_WINDOW, Attribution, explain_items
 from model.sasrec.encode import EncodedSessions, encode_leave_one_out
@@ -58,9 +59,8 @@ def write_artifact(
             dataset.catalog.to_parquet(scratch / "catalog.parquet", index=False)
         ItemIndex.build(item_vectors).save(scratch / "index")
         if dataset.baskets:
-            ComplementModel.fit(dataset.baskets, dataset.catalog, customers=dataset.basket_customers).save(
-                scratch / "complement"
-            )
+            complements = fit_complements(dataset.baskets, dataset.catalog, dataset.basket_customers)
+            complements.save(scratch / "complement")
     return resolve_version(out_root)
 
 

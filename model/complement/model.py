@@ -49,7 +49,20 @@ FILES = {
     "scores": "complement_scores.npz",
     "baskets": "complement_baskets.npz",
     "popularity": "complement_popularity.npy",
+    "signals": "complement_signals.npz",
+    "ranker": "complement_ranker.json",
 }
+
+
+# The evidence a bundle member's explanation names (`ComplementModel.signal`): the learned ranker's
+# families (model.complement.ranker), the hand-set blend, or none but the item's own popularity.
+SIGNAL_NAMES: tuple[str, ...] = (
+    "co_purchase",
+    "same_customers",
+    "similar_description",
+    "complement_model",
+    "popularity",
+)
 
 
 @dataclass(frozen=True)
@@ -108,15 +121,20 @@ def top_per_row(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
     )
 
 
-def text_neighbours(descriptions: Sequence[str], k: int) -> sp.csr_matrix:
-    """Row-normalised top-k TF-IDF cosine neighbours of each description (self excluded)."""
+def tfidf_rows(descriptions: Sequence[str]) -> sp.csr_matrix:
+    """Unit-length TF-IDF rows of the descriptions' word sets: a row product is their cosine similarity."""
     tokens = [sorted(set(description_tokens(text))) for text in descriptions]
     terms = ItemVocab.from_sequences(tokens)
     words = incidence(tokens, terms)
     idf = np.log(len(tokens) / np.maximum(np.asarray(words.sum(axis=0)).ravel(), 1.0)).astype(np.float32)
     tfidf = words @ sp.diags(idf)
     norms = np.sqrt(np.asarray(tfidf.multiply(tfidf).sum(axis=1)).ravel())
-    tfidf = sp.diags(1.0 / np.where(norms > 0, norms, 1.0)) @ tfidf
+    return (sp.diags(1.0 / np.where(norms > 0, norms, 1.0)) @ tfidf).tocsr()
+
+
+def text_neighbours(descriptions: Sequence[str], k: int) -> sp.csr_matrix:
+    """Row-normalised top-k TF-IDF cosine neighbours of each description (self excluded)."""
+    tfidf = tfidf_rows(descriptions)
     similarity = (tfidf @ tfidf.T).tocsr()
     similarity.setdiag(0.0)
     return normalise_rows(top_per_row(similarity, k))
@@ -132,12 +150,18 @@ class ComplementModel:
         baskets: sp.csc_matrix,
         popularity: np.ndarray,
         config: ComplementConfig,
+        signals: sp.csr_matrix | None = None,
+        ranker: dict[str, object] | None = None,
     ) -> None:
         self.vocab = vocab
         self.scores = scores.tocsr()
         self.baskets = baskets.tocsc()
         self.popularity = popularity
         self.config = config
+        # A learned ranker's scores (model.complement.ranker) come with the signal behind each stored pair
+        # (1 + index into SIGNAL_NAMES; 0: not stored) and a summary of what it learned.
+        self.signals = None if signals is None else signals.tocsr()
+        self.ranker = ranker
         self.basket_counts = np.diff(self.baskets.indptr)
         # Bundle assembly asks "how well do a and b go together, either way round" for whole candidate
         # pools at once: one symmetric matrix with sorted rows makes that a searchsorted per member.
@@ -229,6 +253,20 @@ class ComplementModel:
         found = np.searchsorted(kept, columns).clip(max=len(kept) - 1)
         return np.where(kept[found] == columns, values[found], 0.0).astype(np.float64)
 
+    def signal(self, anchor: str, item: str) -> str:
+        """Which of SIGNAL_NAMES put `item` with `anchor`: the ranker's signal of the pair (either way round;
+        it names an anchor's best pairs, those bundles draw on), the hand-set blend for a pair the hand-set
+        model stored, and popularity for a pair known neither way."""
+        ia, ib = self.vocab.get(anchor), self.vocab.get(item)
+        if ia is None or ib is None:
+            return "popularity"
+        for row, column in ((ia, ib), (ib, ia)):
+            code = 0 if self.signals is None else int(self.signals[row, column])
+            if code:
+                return SIGNAL_NAMES[code - 1]
+        stored = self.scores[ia, ib] > 0 or self.scores[ib, ia] > 0
+        return "complement_model" if stored else "popularity"
+
     def evidence(self, a: str, b: str) -> tuple[int, float]:
         """(baskets containing both, lift = P(a, b) / (P(a) P(b))); (0, 0.0) for unknown items."""
         ia, ib = self.vocab.get(a), self.vocab.get(b)
@@ -250,17 +288,24 @@ class ComplementModel:
         sp.save_npz(directory / FILES["scores"], self.scores.astype(np.float32))
         sp.save_npz(directory / FILES["baskets"], self.baskets.astype(np.bool_))
         np.save(directory / FILES["popularity"], self.popularity)
+        if self.signals is not None:
+            sp.save_npz(directory / FILES["signals"], self.signals)
+        if self.ranker is not None:
+            (directory / FILES["ranker"]).write_text(json.dumps(self.ranker, indent=2) + "\n")
 
     @classmethod
     def load(cls, directory: Path) -> ComplementModel:
         directory = Path(directory)
         config = ComplementConfig(**json.loads((directory / FILES["config"]).read_text()))
+        signals, ranker = directory / FILES["signals"], directory / FILES["ranker"]
         return cls(
             vocab=ItemVocab.load(directory / FILES["items"]),
             scores=sp.load_npz(directory / FILES["scores"]).astype(np.float32),
             baskets=sp.load_npz(directory / FILES["baskets"]).astype(np.float32),
             popularity=np.load(directory / FILES["popularity"]),
             config=config,
+            signals=sp.load_npz(signals).astype(np.int8) if signals.exists() else None,
+            ranker=json.loads(ranker.read_text()) if ranker.exists() else None,
         )
 
     @staticmethod

@@ -10,7 +10,7 @@ import pytest
 
 from model.answers import Query
 from model.bundles import POOL_CACHE_SIZE, assemble, context_for, warm_up
-from model.complement.model import ComplementConfig, ComplementModel
+from model.complement.model import SIGNAL_NAMES, ComplementConfig, ComplementModel
 from model.neardup import ProductKinds
 from model.recommender import Recommender
 
@@ -136,6 +136,7 @@ def test_recommender_bundles_are_explained_and_constrained(artifact_root: Path) 
         assert bundle.reasons.code in {"complement", "cold_start"} and bundle.explanation
         assert {e.item_id for e in bundle.reasons.evidence} == set(bundle.items) - {bundle.anchor}
         assert all(e.pair_baskets >= 0 and e.lift >= 0 for e in bundle.reasons.evidence)
+        assert all(e.signal in SIGNAL_NAMES for e in bundle.reasons.evidence)
     assert rec.bundles(["no-such-item"]) == []
 
 

@@ -46,11 +46,13 @@ def test_every_item_is_explained(rec: Recommender, online_retail_sample: Dataset
 
 
 def test_reason_json_shape() -> None:
-    reasons = Reasons("complement", [Driver("b", "view", 0.5)], [Evidence("a", "b", 3, 2.5)])
+    reasons = Reasons("complement", [Driver("b", "view", 0.5)], [Evidence("a", "b", 3, 2.5, "co_purchase")])
     assert json.loads(to_json(reasons)) == {
         "code": "complement",
         "drivers": [{"item_id": "b", "type": "view", "weight": 0.5}],
-        "evidence": [{"item_id": "a", "with_item": "b", "pair_baskets": 3, "lift": 2.5}],
+        "evidence": [
+            {"item_id": "a", "with_item": "b", "pair_baskets": 3, "lift": 2.5, "signal": "co_purchase"}
+        ],
     }
 
 
