@@ -177,11 +177,11 @@ def test_monthly_folds_fit_only_on_what_came_before_each_month() -> None:
 
 def test_the_monthly_evaluation_reports_every_fold_the_mean_and_the_worst() -> None:
     arguments = ["evaluate", "--folds", "monthly", "--data", str(ONLINE_RETAIL_SAMPLE), "--json"]
-    result = CliRunner().invoke(bundles_app, [*arguments, "--first-month", "2011-09", "--label-windows", "1"])
+    result = CliRunner().invoke(bundles_app, [*arguments, "--first-month", "2011-10", "--label-windows", "1"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     months = [row["month"] for row in report["folds"]]
-    assert months == ["2011-09", "2011-10"]
+    assert months == ["2011-10"]
     ratios = [row["ratio"] for row in report["folds"]]
     assert report["worst_fold"]["ratio"] == min(ratios)
     mean = report["mean_recall"]
