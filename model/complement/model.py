@@ -98,6 +98,17 @@ def conditional(matrix: sp.csr_matrix, row_weights: np.ndarray, size_power: floa
     return sp.diags(1.0 / np.maximum(counts, 1e-12)) @ pairs
 
 
+def customer_incidence(
+    baskets: Sequence[Sequence[str]], customers: Sequence[str | None], vocab: ItemVocab
+) -> sp.csr_matrix:
+    """Customer x item matrix of what each known customer bought, on any invoice (anonymous ones left out)."""
+    bought: dict[str, list[str]] = {}
+    for basket, customer in zip(baskets, customers, strict=True):
+        if customer is not None:
+            bought.setdefault(customer, []).extend(basket)
+    return incidence(list(bought.values()), vocab)
+
+
 def normalise_rows(matrix: sp.csr_matrix) -> sp.csr_matrix:
     totals = np.asarray(matrix.sum(axis=1)).ravel()
     return (sp.diags(1.0 / np.where(totals > 0, totals, 1.0)) @ matrix).tocsr()
@@ -190,11 +201,7 @@ class ComplementModel:
         recency = np.exp(-age / max(config.recency_scale * len(baskets), 1.0))
         purchase = conditional(matrix, recency, config.size_power)
         if customers and config.customer_weight:
-            bought: dict[str, list[str]] = {}
-            for basket, customer in zip(baskets, customers, strict=True):
-                if customer is not None:
-                    bought.setdefault(customer, []).extend(basket)
-            by_customer = incidence(list(bought.values()), vocab)
+            by_customer = customer_incidence(baskets, customers, vocab)
             purchase = purchase + config.customer_weight * conditional(
                 by_customer, np.ones(by_customer.shape[0]), config.size_power
             )

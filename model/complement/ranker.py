@@ -39,6 +39,7 @@ from model.complement.model import (
     ComplementConfig,
     ComplementModel,
     conditional,
+    customer_incidence,
     incidence,
     tfidf_rows,
 )
@@ -136,16 +137,12 @@ class Signals:
     ) -> Signals:
         prior = ComplementModel.fit(baskets, catalog, config=prior_config, customers=customers)
         vocab = prior.vocab
-        matrix = incidence(baskets, vocab)
+        matrix = prior.baskets.tocsr()  # the basket x item incidence the hand-set model was fitted on
         recent_matrix = matrix[-recent:]
         pairs = (matrix.T @ matrix).tocsr()
         recent_pairs = (recent_matrix.T @ recent_matrix).tocsr()
         if customers:
-            bought: dict[str, list[str]] = {}
-            for basket, customer in zip(baskets, customers, strict=True):
-                if customer is not None:
-                    bought.setdefault(customer, []).extend(basket)
-            by_customer = incidence(list(bought.values()), vocab)
+            by_customer = customer_incidence(baskets, customers, vocab)
             customer_conditional = conditional(by_customer, np.ones(by_customer.shape[0]), 0.0).tocsr()
         else:
             customer_conditional = sp.csr_matrix((len(vocab), len(vocab)), dtype=np.float32)
@@ -156,7 +153,7 @@ class Signals:
             texts = [str(described["description"].get(item, "") or "") for item in vocab.item_ids]
             if "price" in described:
                 prices = described["price"].reindex(vocab.item_ids).to_numpy(dtype=np.float64)
-        columns = matrix.tocsc()
+        columns = prior.baskets
         bought_any = np.diff(columns.indptr) > 0
         first = np.zeros(len(vocab))
         last = np.zeros(len(vocab))
