@@ -92,3 +92,23 @@ def test_too_few_baskets_fall_back_to_the_hand_set_model_and_say_so(caplog) -> N
     assert model.ranker is None and model.signal("a1", "b1") == "complement_model"
     assert "too few for the complement ranker" in caplog.text
     assert np.isfinite(model.scores.data).all()
+
+
+def test_the_signal_named_for_any_pair_is_read_from_the_stored_matrices() -> None:
+    """Every pair either way round, against scipy's own indexing: the named signal where the ranker stored
+    one, the hand-set blend for another stored pair, popularity for a pair stored neither way."""
+    ranked = fit_ranked(discontinued_partner_world(), config=SMALL)
+    assert ranked.signals is not None
+    ranked.signals = ranked.signals.multiply(ranked.signals >= 3).tocsr()  # unname some stored pairs
+    ranked.signals.sort_indices()
+    names = ranked.vocab.item_ids
+    found = {"complement_model": 0, "popularity": 0}
+    for a in range(len(names)):
+        for b in range(len(names)):
+            codes = [int(ranked.signals[a, b]), int(ranked.signals[b, a])]
+            stored = ranked.scores[a, b] > 0 or ranked.scores[b, a] > 0
+            fallback = "complement_model" if stored else "popularity"
+            expected = next((SIGNAL_NAMES[code - 1] for code in codes if code), fallback)
+            assert ranked.signal(names[a], names[b]) == expected, (names[a], names[b])
+            found[expected] = found.get(expected, 0) + 1
+    assert all(found.values()), found  # every kind of answer was checked
