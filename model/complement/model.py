@@ -153,7 +153,8 @@ def text_neighbours(descriptions: Sequence[str], k: int) -> sp.csr_matrix:
 
 def stored_value(matrix: sp.csr_matrix, row: int, column: int) -> float:
     """matrix[row, column] of a CSR matrix with sorted indices, 0 where nothing is stored: a binary search in
-    the row (11 us), where scipy's scalar indexing costs 37 us, several times per explained bundle."""
+    the row (3.1 us), where scipy's scalar indexing costs 14.6 us, several times per explained bundle.
+    `ComplementModel.strength` searches the same way for a whole pool; for one column that costs 13 us."""
     start, end = matrix.indptr[row], matrix.indptr[row + 1]
     at = start + int(np.searchsorted(matrix.indices[start:end], column))
     return float(matrix.data[at]) if at < end and matrix.indices[at] == column else 0.0

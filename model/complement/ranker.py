@@ -112,8 +112,6 @@ class Signals:
     """Every per-pair and per-item signal, from baskets before an origin (rows of one vocabulary)."""
 
     prior_model: ComplementModel
-    vocab: ItemVocab
-    prior: sp.csr_matrix
     pairs: sp.csr_matrix
     recent_pairs: sp.csr_matrix
     customer_conditional: sp.csr_matrix
@@ -125,6 +123,15 @@ class Signals:
     prices: np.ndarray
     n_baskets: int
     recent: int
+
+    @property
+    def vocab(self) -> ItemVocab:
+        return self.prior_model.vocab
+
+    @property
+    def prior(self) -> sp.csr_matrix:
+        """The hand-set model's scores: its candidates and features, and the served blend's other half."""
+        return self.prior_model.scores
 
     @classmethod
     def compute(
@@ -163,8 +170,6 @@ class Signals:
         n = len(baskets)
         return cls(
             prior_model=prior,
-            vocab=vocab,
-            prior=prior.scores,
             pairs=pairs,
             recent_pairs=recent_pairs,
             customer_conditional=customer_conditional,
