@@ -6,7 +6,9 @@ which shows whether a method's lead holds across seasons rather than on one spli
 
 For each held-out basket with two or more distinct products, the anchor is its first line (deterministic)
 and the targets are the other products. Recall@k is the share of targets among `complete([anchor], k)`,
-Hit@k whether any target is there, both averaged over baskets. The baselines run in the same loop:
+capped at k (found / min(targets, k): a 30-product basket can be fully served by 10 suggestions), Hit@k
+whether any target is there, both averaged over baskets. These are #24's definitions, under which the
+later invoices this project never sees were scored. The baselines run in the same loop:
 popularity and raw co-purchase counts ("frequently bought together").
 """
 
@@ -88,7 +90,7 @@ def evaluate_completion(
     for anchor, targets in tqdm(cases, desc=desc, unit="basket", disable=None, leave=False):
         predicted = {item for item, _ in completer.complete([anchor], k=k)}
         found = sum(target in predicted for target in targets)
-        recalls.append(found / len(targets))
+        recalls.append(found / min(len(targets), k))
         hits.append(found > 0)
     return CompletionResult(float(np.mean(recalls)), float(np.mean(hits)), len(cases))
 

@@ -132,11 +132,13 @@ def test_fit_is_deterministic() -> None:
 
 
 def test_completion_metrics_by_hand() -> None:
-    cases = completion_cases([("tea", "saucer", "bag"), ("lamp",), ("pen", "x", "y", "z")])
-    assert cases == [("tea", ("saucer", "bag")), ("pen", ("x", "y", "z"))]
+    baskets = [("tea", "saucer", "bag"), ("lamp",), ("pen", "x", "y", "z"), ("tea", "saucer", "bag", "pen")]
+    cases = completion_cases(baskets)
+    assert cases == [("tea", ("saucer", "bag")), ("pen", ("x", "y", "z")), ("tea", ("saucer", "bag", "pen"))]
     result = evaluate_completion(CoPurchaseCompleter(BASKETS), cases, k=2)
-    # tea -> {bag, saucer}: both found; pen -> x, y, z are unknown: none found
-    assert result.recall == pytest.approx(0.5) and result.hit == pytest.approx(0.5)
+    # tea -> {bag, saucer}: both found; pen -> x, y, z are unknown: none found; the last basket's 2 of 3
+    # found fill both slots: recall capped at k = 2 is 1
+    assert result.recall == pytest.approx(2 / 3) and result.hit == pytest.approx(2 / 3)
 
 
 def test_rows_and_strength_agree_with_the_id_api(fitted: ComplementModel) -> None:
