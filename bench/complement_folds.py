@@ -3,8 +3,9 @@ chosen (on the February-April 2011 folds only; BENCHMARKS.md, decisions).
 
     python bench/complement_folds.py --months 2011-02,2011-03,2011-04 --set prior_weight=0 --set window=500
 
-Prints each fold's Recall@10 of the ranker and of co-purchase counts, their ratio and the fit time, then the
-ratio of the mean recalls and the worst fold (`bundlecast bundles evaluate --folds monthly` is the report).
+Prints each fold's Recall@10 (capped at 10) of the ranker and of co-purchase counts, their ratio and the fit
+time, then the ratio of the mean recalls and the worst fold (`bundlecast bundles evaluate --folds monthly` is
+the report).
 """
 
 from __future__ import annotations
