@@ -67,11 +67,14 @@ RELIANCES = (
     Reliance(Fetcher, "_fetch_max_wait_ms", "InputConsumerThread.on_start", set_in="__init__"),
     Reliance(Fetcher, "_prefetch_backoff", "InputConsumerThread.on_start", set_in="__init__"),
     Reliance(Fetcher, "seek_to", "InputConsumerThread.on_start (wrapped to count seeks)"),
-    # stream.transport.InputConsumer: no delivery during a seek, no stale records after one.
+    # stream.transport.InputConsumer: no delivery during a seek, no stale records after one, a commit on
+    # revoke.
     Reliance(faust_aiokafka.Consumer, "_new_consumer_thread", "InputConsumer._new_consumer_thread"),
     Reliance(faust_consumer.ThreadDelegateConsumer, "_thread", "InputConsumer.getmany", set_in="__init__"),
     Reliance(faust_consumer.Consumer, "perform_seek", "InputConsumer.perform_seek"),
     Reliance(faust_consumer.Consumer, "getmany", "InputConsumer.getmany"),
+    Reliance(faust_consumer.Consumer, "on_partitions_revoked", "InputConsumer.on_partitions_revoked"),
+    Reliance(faust_consumer.Consumer, "_acked", "InputConsumer.on_partitions_revoked", set_in="__init__"),
     Reliance(Service, "wait_first", "InputConsumer.wait_first"),
     # stream.transport.DrainingProducerBuffer: a flush that waits for everything buffered before it.
     Reliance(ProducerBuffer, "__post_init__", "DrainingProducerBuffer.__post_init__"),

@@ -340,6 +340,39 @@ def test_a_worker_takes_over_the_partitions_of_a_crashed_one_and_answers_every_e
     )
 
 
+def test_a_worker_commits_what_it_answered_when_its_partitions_are_revoked(
+    kafka_broker: EmbeddedBroker, artifact_root: Path, workers: list[Worker], tmp_path: Path
+) -> None:
+    """A rebalance hands partitions over at the offsets their last owner answered, not at its last periodic
+    commit: Faust forgot the answered offsets of revoked partitions before committing (faust-streaming
+    #502), so the next owner answered again everything since that commit."""
+    items = known_items(artifact_root, 20)
+    log = tmp_path / "worker.log"
+    quiet = {"commit_interval_s": "600"}  # no periodic commit during the test: only a revoke commits
+    workers.append(Worker(kafka_broker, artifact_root, tmp_path / "first", log, **quiet))
+    wait_until_answering(kafka_broker)
+    landed = asyncio.run(produce(kafka_broker, [event(n, f"user{n % 8}", items[n % 20]) for n in range(40)]))
+    expected = {f"e{n}" for n in range(40)}
+    asyncio.run(consume(kafka_broker, lambda r: answered(r) >= expected | {"e-1"}, settle_s=0))
+    assert all(committed is None for _, committed in asyncio.run(input_offsets(kafka_broker)).values())
+
+    workers.append(Worker(kafka_broker, artifact_root, tmp_path / "second", log, **quiet))
+    answered_up_to = {partition: offset + 1 for partition, offset in sorted(landed)}
+
+    async def wait_for_the_revoke_commit() -> dict[int, tuple[int, int | None]]:
+        deadline = time.monotonic() + ANSWER_TIMEOUT_S
+        while time.monotonic() < deadline:
+            offsets = await input_offsets(kafka_broker)
+            if all((offsets[p][1] or 0) >= end for p, end in answered_up_to.items()):
+                break
+            await asyncio.sleep(0.1)
+        return offsets
+
+    offsets = asyncio.run(wait_for_the_revoke_commit())
+    committed = {partition: offsets[partition][1] for partition in answered_up_to}
+    assert committed == answered_up_to, f"worker log ends:\n{log.read_text()[-4000:]}"
+
+
 def test_an_event_that_cannot_be_answered_is_dead_lettered_and_the_worker_goes_on(
     kafka_broker: EmbeddedBroker, artifact_root: Path, workers: list[Worker], tmp_path: Path
 ) -> None:
