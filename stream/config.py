@@ -45,10 +45,11 @@ class StreamSettings(BaseSettings):
         6.0, gt=0, description="Consumer group session timeout; a dead worker's partitions move after this."
     )
     commit_interval_s: float = Field(
-        2.8,
+        0.5,
         gt=0,
-        description="How often the worker commits the input offsets it has answered (Faust's default). "
-        "After a crash, events since the last commit are answered again, with the same event_id.",
+        description="How often the worker commits the input offsets it has answered. After a crash, events "
+        "since the last commit are answered again, with the same event_id (Faust's 2.8 s re-answered 9-11% "
+        "of the events in 5 kills at 300/s; 0.5 s 2-3%, at no measured cost in throughput).",
     )
     producer_max_batch_bytes: int = Field(
         512 * 1024,
