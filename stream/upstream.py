@@ -10,6 +10,7 @@ start, with one line naming what is missing, when one is gone.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -54,7 +55,9 @@ class Reliance:
     def holds(self) -> bool:
         if self.set_in is None:
             return self.name in vars(self.owner)
-        code = getattr(vars(self.owner).get(self.set_in), "__code__", None)
+        method = vars(self.owner).get(self.set_in)
+        # Through wrappers (functools.wraps), as tracing or instrumentation may have put around the method.
+        code = getattr(inspect.unwrap(method) if callable(method) else method, "__code__", None)
         return code is not None and self.name in code.co_names
 
 

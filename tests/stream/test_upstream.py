@@ -4,6 +4,7 @@ versions, each one's absence caught by the start-up check, and none missing from
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import re
 from pathlib import Path
@@ -35,6 +36,22 @@ def test_a_relied_on_name_gone_upstream_stops_the_worker_naming_it(
         monkeypatch.setattr(reliance.owner, reliance.set_in, assigns_nothing)
     with pytest.raises(UpstreamChanged, match=re.escape(reliance.where)):
         check_upstream()
+
+
+@pytest.mark.parametrize("reliance", [r for r in RELIANCES if r.set_in], ids=lambda r: r.where)
+def test_an_attribute_is_found_through_a_wrapper_of_the_method_that_sets_it(
+    reliance: Reliance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tracing, instrumentation and the tests' own fault injection wrap upstream methods (functools.wraps);
+    the worker must not refuse to start for that."""
+    method = getattr(reliance.owner, reliance.set_in)
+
+    @functools.wraps(method)
+    def wrapper(*args: object, **kwargs: object) -> object:
+        return method(*args, **kwargs)
+
+    monkeypatch.setattr(reliance.owner, reliance.set_in, wrapper)
+    assert reliance.holds()
 
 
 def test_the_worker_command_checks_before_it_starts() -> None:

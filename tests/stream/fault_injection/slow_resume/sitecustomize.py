@@ -8,6 +8,7 @@ busy worker restarts under load. Kafka, RocksDB and the model stay real.
 """
 
 import asyncio
+import functools
 import sys
 
 if "worker" in sys.argv:
@@ -18,6 +19,7 @@ if "worker" in sys.argv:
     seeked: list[bool] = []
     holding: list[bool] = []  # [True] while streams take nothing from their buffers
 
+    @functools.wraps(consumer_init)
     def init_with_a_late_seek(self: Consumer, *args: object, **kwargs: object) -> None:
         """Wraps the consumer's own (outermost) `perform_seek`, so the hold follows all of it."""
         consumer_init(self, *args, **kwargs)
