@@ -136,6 +136,12 @@ class StreamSettings(BaseSettings):
         3, ge=0, le=10, description="Most bundles per recommendation (users with a known item; 0: none)."
     )
     bundle_size: int = Field(3, ge=2, le=4, description="Items per bundle.")
+    answer_cache_users: int = Field(
+        10_000,
+        ge=0,
+        description="Users whose latest stream answer the query API keeps (~9 KB each) and returns while "
+        "their session and the model are unchanged, instead of computing it again (0: off).",
+    )
     max_payload_bytes: int = Field(64 * 1024, ge=1, description="Larger input messages go to the DLQ.")
     max_id_chars: int = Field(256, ge=1, description="Longer event, user, item or session ids go to the DLQ.")
     dlq_payload_bytes: int = Field(

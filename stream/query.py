@@ -8,6 +8,7 @@ stream's answers (stream/schemas/recommendation-query.schema.json).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -115,15 +116,81 @@ def query_for_session(items: list[str], cart: list[str], ask: Ask) -> Query:
 def answer_json(user_id: str | None, model_version: str, answer: Answer, generated_at: datetime) -> bytes:
     """The response body: the stream's answer (items, bundles) with who, which model, when, and whether
     the items are popularity's (`cold_start`: no item of the session is known to the model)."""
+    return answer_json_of(user_id, model_version, answer.cold_start, answer_content(answer), generated_at)
+
+
+def answer_json_of(
+    user_id: str | None, model_version: str, cold_start: bool, content: bytes, generated_at: datetime
+) -> bytes:
+    """`answer_json` around an answer's serialised content (`stream.answer.answer_content`)."""
     head = orjson.dumps(
         {
             "user_id": user_id,
             "model_version": model_version,
             "generated_at": generated_at.isoformat(),
-            "cold_start": answer.cold_start,
+            "cold_start": cold_start,
         }
     )
-    return b"".join((head[:-1], b",", answer_content(answer), b"}"))
+    return b"".join((head[:-1], b",", content, b"}"))
+
+
+SessionKey = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], frozenset[str]]
+
+
+def session_key(query: Query) -> SessionKey:
+    """What an answer depends on besides the model: the session, its event types, the cart, the exclusions."""
+    return tuple(query.history), tuple(query.event_types), tuple(query.cart), frozenset(query.exclude)
+
+
+@dataclass(frozen=True)
+class RecentAnswer:
+    """An answer the stream published (never a cold start: those follow live popularity)."""
+
+    model_version: str
+    session: SessionKey
+    k: int
+    bundles: int
+    content: bytes
+    generated_at: datetime
+
+
+class RecentAnswers:
+    """The stream's latest answer for each of the last `capacity` users it answered.
+
+    Shop pages ask about users who are active, and the stream has just answered their last event. While a
+    user's session, the model version and the request's shape are what they were then, that answer is the
+    one a query would compute (the answer seam is deterministic; popularity answers, which move with the
+    stream's trending items, are not kept), so a query costs a lookup instead of a forward with every
+    leave-one-out variant. Any change to the session (a new event, an expiry, an erasure) makes the entry
+    miss; `forget` drops it at once.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._answers: OrderedDict[str, RecentAnswer] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def put(self, user_id: str, answer: RecentAnswer) -> None:
+        if self.capacity <= 0:
+            return
+        self._answers[user_id] = answer
+        self._answers.move_to_end(user_id)
+        while len(self._answers) > self.capacity:
+            self._answers.popitem(last=False)
+
+    def get(
+        self, user_id: str, model_version: str, query: Query, k: int, bundles: int
+    ) -> RecentAnswer | None:
+        """The kept answer, if it answered exactly this session, with this model, in this shape."""
+        found = self._answers.get(user_id)
+        if found is None or (found.model_version, found.k, found.bundles) != (model_version, k, bundles):
+            return None
+        return found if found.session == session_key(query) else None
+
+    def forget(self, user_id: str) -> None:
+        self._answers.pop(user_id, None)
 
 
 def error_json(message: str) -> bytes:

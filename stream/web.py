@@ -33,6 +33,8 @@ from stream.models import ModelHolder
 from stream.query import (
     Ask,
     BadRequest,
+    RecentAnswers,
+    answer_json_of,
     check_id,
     error_json,
     parse_parameters,
@@ -54,12 +56,14 @@ def register_query_api(
     state_of: Callable[[bytes], UserState | None],
     models: ModelHolder,
     trending: Callable[[int], Sequence[Recommendation]],
+    recent_answers: RecentAnswers,
     settings: StreamSettings,
     liveness: Check,
     readiness: Check,
 ) -> None:
     """Add the query API's pages to `app`. `state_of` finds a user's state among the partitions this worker
-    holds; `trending` is the stream's live popularity, first choice for users with no known item."""
+    holds; `trending` is the stream's live popularity, first choice for users with no known item;
+    `recent_answers` holds the stream's answers that a query about an unchanged session returns."""
 
     batcher = QueryBatcher(models, trending, settings.bundle_size)
 
@@ -101,7 +105,12 @@ def register_query_api(
             """Runs on the worker holding the user's partition (others forward the request there, where
             `get` checks it again)."""
             state = state_of(user_id.encode("utf-8")) or UserState()
-            body = await answer(user_id, query_for_user(state, ask), ask.k, ask.bundles)
+            query = query_for_user(state, ask)
+            kept = recent_answers.get(user_id, models.current.version, query, ask.k, ask.bundles)
+            if kept is not None:
+                body = answer_json_of(user_id, kept.model_version, False, kept.content, kept.generated_at)
+            else:
+                body = await answer(user_id, query, ask.k, ask.bundles)
             return self.bytes(body, content_type=JSON)
 
     @app.page("/recommendations")

@@ -34,7 +34,8 @@ from stream.events import DlqReason, ForgetRequest, Rejection, dead_letter
 from stream.health import Liveness, readiness
 from stream.metrics import Check
 from stream.models import ModelHolder
-from stream.pipeline import Admitted, Pipeline
+from stream.pipeline import Admitted, Pipeline, query_for
+from stream.query import RecentAnswer, RecentAnswers, session_key
 from stream.sessions import SessionPartitions
 from stream.state import UserState, sweep_expired
 from stream.topics import ensure_topics
@@ -260,6 +261,7 @@ def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
     models = ModelHolder(settings.model_dir)
     partitions = asyncio.run(ensure_topics(settings))
     pipeline = Pipeline(settings)
+    recent_answers = RecentAnswers(settings.answer_cache_users)
     app = BundlecastApp(
         settings.app_id,
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
@@ -299,6 +301,7 @@ def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
             held.state_of,
             models,
             lambda depth: pipeline.popularity.top(depth, time.time(), models.current.vocab),
+            recent_answers,
             settings,
             liveness.check,
             readiness_of(app, settings.input_topic),
@@ -348,6 +351,7 @@ def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
                 if isinstance(outcome, Rejection):
                     letters.append((letter_for(event, outcome), outcome.reason))
                 elif isinstance(outcome, ForgetRequest):
+                    recent_answers.forget(outcome.user_id)
                     erased += 1
                 else:
                     admitted.append(outcome)
@@ -376,6 +380,19 @@ def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
         for item, answered in zip(admitted, answers, strict=True):
             metrics.EVENTS_CONSUMED.labels(type=item.event.type).inc()
             metrics.COLD_START_ANSWERS.inc(answered.answer.cold_start)
+            # Kept for the query API; a user's last event in the batch puts last, with the state answered.
+            if not answered.answer.cold_start:
+                recent_answers.put(
+                    item.event.user_id,
+                    RecentAnswer(
+                        recommender.version,
+                        session_key(query_for(item.state)),
+                        pipeline.k,
+                        pipeline.bundle_count,
+                        answered.content,
+                        generated_at,
+                    ),
+                )
         metrics.USERS_ERASED.inc(erased)
         outgoing.extend(messages)
         metrics.BATCH_SIZE.observe(len(events))

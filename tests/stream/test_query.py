@@ -9,17 +9,23 @@ from pathlib import Path
 import pytest
 
 from model import Recommender
+from model.answers import Query
+from stream.answer import answer_content
 from stream.config import StreamSettings
+from stream.pipeline import Admitted, Pipeline, query_for
 from stream.query import (
     MAX_EXCLUDED,
     MAX_K,
     Ask,
     BadRequest,
+    RecentAnswer,
+    RecentAnswers,
     answer_json,
     parse_parameters,
     parse_session,
     query_for_session,
     query_for_user,
+    session_key,
 )
 from stream.schemas import validator
 from stream.state import UserState
@@ -95,3 +101,59 @@ def test_answers_are_valid_against_the_published_schema(artifact_root: Path) -> 
         check.validate(body)
         assert body["user_id"] == user and len(body["items"]) == 7
         assert body["cold_start"] == (user is None) and (body["bundles"] == []) == (user is None)
+
+
+def test_the_streams_answer_for_a_state_is_the_answer_a_query_computes_for_it(artifact_root: Path) -> None:
+    """What lets the query API return the stream's answer: for the same state and model it is byte for byte
+    the answer a query would compute, and both see the same session."""
+    recommender = Recommender.load(artifact_root)
+    settings = StreamSettings(top_k=20, bundles_per_answer=3)
+    pipeline, states = Pipeline(settings), {}
+    now = 1_300_000_000.0
+    admitted = []
+    for n, item in enumerate(recommender.vocab.item_ids[5:9]):
+        kind = "add_to_cart" if n == 2 else "view"
+        body = {"event_id": f"e{n}", "user_id": "u1", "item_id": item, "type": kind, "ts": now + n}
+        outcome = pipeline.admit(b"u1", json.dumps(body).encode(), states, 0.0, now + n)
+        assert isinstance(outcome, Admitted)
+        admitted.append(outcome)
+    (streamed, *_) = pipeline.answer(recommender, admitted[-1:], now)
+    state = admitted[-1].state
+    ask = parse_parameters([], settings)
+    (queried,) = recommender.answer_batch(
+        [query_for_user(state, ask)], ask.k, ask.bundles, settings.bundle_size
+    )
+    assert not queried.cold_start and state.cart
+    assert streamed.content == answer_content(queried)
+    assert session_key(query_for(state)) == session_key(query_for_user(state, ask))
+
+
+def kept_answer(query: Query, version: str = "v1", k: int = 20, bundles: int = 3) -> RecentAnswer:
+    return RecentAnswer(
+        version, session_key(query), k, bundles, b'"items":[],"bundles":[]', datetime.now(UTC)
+    )
+
+
+def test_a_kept_answer_is_returned_only_for_the_same_session_model_and_shape() -> None:
+    answers, session = RecentAnswers(capacity=10), Query(["a", "b"], ["view", "view"], (), ("p",))
+    answers.put("u1", kept_answer(session))
+    assert answers.get("u1", "v1", Query(["a", "b"], None, [], frozenset({"p"})), 20, 3) is not None
+    assert answers.get("u2", "v1", session, 20, 3) is None
+    assert answers.get("u1", "v2", session, 20, 3) is None  # another model
+    assert answers.get("u1", "v1", session, 10, 3) is None and answers.get("u1", "v1", session, 20, 0) is None
+    assert answers.get("u1", "v1", Query(["a", "b", "c"], None, (), ("p",)), 20, 3) is None  # a new event
+    assert answers.get("u1", "v1", Query(["a", "b"], ["view", "add_to_cart"], (), ("p",)), 20, 3) is None
+    assert answers.get("u1", "v1", Query(["a", "b"], None, (), ("p", "x")), 20, 3) is None  # ?exclude=x
+    answers.forget("u1")
+    assert answers.get("u1", "v1", session, 20, 3) is None
+
+
+def test_kept_answers_are_bounded_least_recently_answered_first_out() -> None:
+    answers, session = RecentAnswers(capacity=2), Query(["a"])
+    for user in ("u1", "u2", "u1", "u3"):
+        answers.put(user, kept_answer(session))
+    assert len(answers) == 2 and answers.get("u2", "v1", session, 20, 3) is None
+    assert answers.get("u1", "v1", session, 20, 3) and answers.get("u3", "v1", session, 20, 3)
+    off = RecentAnswers(capacity=0)
+    off.put("u1", kept_answer(session))
+    assert len(off) == 0
