@@ -4,7 +4,8 @@ worker answers the clickstream at a fixed event rate.
 One worker, the embedded Tansu broker, the event producer, the answer reader and the HTTP client all on this
 machine. Requests are open-loop: each is sent at its scheduled time whether or not earlier ones returned, so
 a stalled worker shows as latency instead of as fewer requests. Users asked about are the replayed events'
-users, so every answer reads real session state. Prints one JSON line.
+users, so every answer reads real session state. Prints one JSON line; `kept_share` is the share of
+queries answered with the stream's kept answer (`stream.query.RecentAnswers`).
 
     python bench/query_latency.py --model ARTIFACT_ROOT [--events-per-s 500] [--queries-per-s 200]
 """
@@ -16,11 +17,13 @@ import asyncio
 import json
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import aiohttp
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from stream.bench import AnswerClock, run_step, wait_for_metrics
 from stream.broker import free_port
@@ -64,6 +67,17 @@ async def query_load(base: str, users: list[str], rate: float, seconds: float) -
         "p99_ms": round(float(np.percentile(values, 99)), 2),
         "max_ms": round(float(values.max()), 2),
     }
+
+
+def kept_answers(metrics_url: str) -> float:
+    """How many user queries the worker has answered with the stream's kept answer so far."""
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "bundlecast_query_answers_kept_total"
+    )
 
 
 async def wait_until_ready(base: str, timeout_s: float = 180.0) -> None:
@@ -111,10 +125,13 @@ def main() -> None:
                 # Every user gets state first, as the bench's warm-up does for the stream.
                 await run_step(settings, clock, events, 0, len(events), metrics_url, "warmup", timeout_s=300)
                 count = int(args.events_per_s * args.seconds)
+                kept_before = kept_answers(metrics_url)
                 stream, queries = await asyncio.gather(
                     run_step(settings, clock, events, args.events_per_s, count, metrics_url, "stream"),
                     query_load(base, users, args.queries_per_s, args.seconds),
                 )
+                kept = kept_answers(metrics_url) - kept_before
+                queries["kept_share"] = round(kept / int(args.queries_per_s * args.seconds), 3)
             return {
                 "events_per_s": args.events_per_s,
                 "queries_per_s": args.queries_per_s,

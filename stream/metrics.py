@@ -86,6 +86,10 @@ QUERY_REQUESTS = Counter(
     "Query API requests answered by this worker, by route (user, session) and HTTP status.",
     ["route", "status"],
 )
+QUERY_ANSWERS_KEPT = Counter(
+    "bundlecast_query_answers_kept_total",
+    "User queries answered with the stream's kept answer (session and model unchanged since), no forward.",
+)
 QUERY_DURATION = Histogram(
     "bundlecast_query_duration_seconds",
     "Query API time from request to response on this worker (forwarding included), by route.",

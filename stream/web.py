@@ -108,6 +108,7 @@ def register_query_api(
             query = query_for_user(state, ask)
             kept = recent_answers.get(user_id, models.current.version, query, ask.k, ask.bundles)
             if kept is not None:
+                metrics.QUERY_ANSWERS_KEPT.inc()
                 body = answer_json_of(user_id, kept.model_version, False, kept.content, kept.generated_at)
             else:
                 body = await answer(user_id, query, ask.k, ask.bundles)
