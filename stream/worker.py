@@ -13,7 +13,7 @@ import logging
 import signal
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from functools import partial
@@ -86,8 +86,10 @@ def batch_window(linger_s: float, idle_s: float, last_handling_s: float) -> floa
     return min(linger_s, max(idle_s, last_handling_s))
 
 
-def handle_isolating_failures(
-    events: Sequence[T], handle: Callable[[Sequence[T]], None], on_failure: Callable[[T, Exception], None]
+async def handle_isolating_failures(
+    events: Sequence[T],
+    handle: Callable[[Sequence[T]], Awaitable[None]],
+    on_failure: Callable[[T, Exception], None],
 ) -> None:
     """Handle a batch; if that raises, handle its halves, and so on down to single events: every event
     that fails alone goes to `on_failure`, every other one is handled.
@@ -98,14 +100,14 @@ def handle_isolating_failures(
     attempt already sent, with the same event_id (at-least-once); state updates are idempotent per event.
     """
     try:
-        handle(events)
+        await handle(events)
     except Exception as error:
         if len(events) == 1:
             on_failure(events[0], error)
             return
         middle = len(events) // 2
-        handle_isolating_failures(events[:middle], handle, on_failure)
-        handle_isolating_failures(events[middle:], handle, on_failure)
+        await handle_isolating_failures(events[:middle], handle, on_failure)
+        await handle_isolating_failures(events[middle:], handle, on_failure)
 
 
 class BatchingStream(faust.Stream):
@@ -333,7 +335,7 @@ def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
         dlq.send_soon(key=key, value=letter)
         next_offsets[event.message.partition] = event.message.offset + 1
 
-    def answer_batch(events: Sequence[EventT], outgoing: list[Outgoing]) -> None:
+    async def answer_batch(events: Sequence[EventT], outgoing: list[Outgoing]) -> None:
         """Admit and answer `events` down to their output messages, dead-letter the malformed ones, count
         them: all at the end, so that a failed attempt (retried in halves) sends no letter, adds nothing
         to `outgoing` and counts nothing. Every step that depends on a message's content runs here,
@@ -357,7 +359,9 @@ def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
                     admitted.append(outcome)
             states.write_back()
         recommender = models.current  # one version answers the whole batch
-        answers = pipeline.answer(recommender, admitted, now) if admitted else []
+        # Off the event loop (torch releases the GIL), so that the query API and the Kafka clients are served
+        # while the batch's forwards run: answered on the loop, every query waited for the whole batch.
+        answers = await asyncio.to_thread(pipeline.answer, recommender, admitted, now) if admitted else []
         generated_at = datetime.now(UTC)
         messages = [
             Outgoing(
@@ -423,7 +427,9 @@ def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
         )
         async for events in batches:
             outgoing: list[Outgoing] = []
-            handle_isolating_failures(events, partial(answer_batch, outgoing=outgoing), dead_letter_failure)
+            await handle_isolating_failures(
+                events, partial(answer_batch, outgoing=outgoing), dead_letter_failure
+            )
             with metrics.observe_stage("publish"):
                 await publish(outgoing)
             liveness.progressed()

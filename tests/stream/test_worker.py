@@ -677,13 +677,16 @@ def test_a_failing_batch_is_bisected_until_only_the_events_that_fail_alone_are_d
     handled: list[int] = []
     failed: list[tuple[int, str]] = []
 
-    def handle(batch: list[int]) -> None:
+    async def handle(batch: list[int]) -> None:
         calls.append(batch)
+        await asyncio.sleep(0)  # the worker's handling awaits its forwards, off the event loop
         if poison & set(batch):
             raise ValueError(f"cannot answer {sorted(poison & set(batch))}")
         handled.extend(batch)
 
-    handle_isolating_failures(events, handle, lambda event, error: failed.append((event, str(error))))
+    asyncio.run(
+        handle_isolating_failures(events, handle, lambda event, error: failed.append((event, str(error))))
+    )
 
     assert sorted(handled) == sorted(set(events) - poison)  # every other event handled, once
     assert failed == [(5, "cannot answer [5]"), (11, "cannot answer [11]")]
@@ -692,5 +695,11 @@ def test_a_failing_batch_is_bisected_until_only_the_events_that_fail_alone_are_d
 
 def test_a_batch_that_does_not_fail_is_handled_in_one_call() -> None:
     calls: list[list[int]] = []
-    handle_isolating_failures([1, 2, 3], calls.append, lambda event, error: pytest.fail(f"{event}: {error}"))
+
+    async def handle(batch: list[int]) -> None:
+        calls.append(batch)
+
+    asyncio.run(
+        handle_isolating_failures([1, 2, 3], handle, lambda event, error: pytest.fail(f"{event}: {error}"))
+    )
     assert calls == [[1, 2, 3]]
