@@ -26,9 +26,10 @@ from mode import CrashingSupervisor
 from mode.utils.aiter import aiter
 from mode.utils.futures import notify
 
+from model import Recommender
 from model.answers import Answer
 from stream import metrics
-from stream.answer import recommendation_message
+from stream.answer import Answered, recommendation_message
 from stream.config import StreamSettings
 from stream.events import DlqReason, ForgetRequest, Rejection, dead_letter
 from stream.health import Liveness, readiness
@@ -335,6 +336,18 @@ def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
         dlq.send_soon(key=key, value=letter)
         next_offsets[event.message.partition] = event.message.offset + 1
 
+    async def answer_admitted(
+        recommender: Recommender, admitted: list[Admitted], now: float
+    ) -> list[Answered]:
+        """The batch's answers; with the query API on, computed off the event loop (torch releases the GIL),
+        so that queries are served while the forwards run: on the loop, each query waited for the whole
+        batch (p99 23-25 ms at 200 queries/s beside 500 events/s, 7-9 ms off it). Off the loop, the
+        forwards share the GIL with the loop's Kafka work, which costs the stream's own p99 at 500-1,000
+        events/s about 40% (BENCHMARKS.md, "Stream"), so a worker without the query API stays on it."""
+        if not settings.web_port:
+            return pipeline.answer(recommender, admitted, now)
+        return await asyncio.to_thread(pipeline.answer, recommender, admitted, now)
+
     async def answer_batch(events: Sequence[EventT], outgoing: list[Outgoing]) -> None:
         """Admit and answer `events` down to their output messages, dead-letter the malformed ones, count
         them: all at the end, so that a failed attempt (retried in halves) sends no letter, adds nothing
@@ -359,9 +372,7 @@ def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
                     admitted.append(outcome)
             states.write_back()
         recommender = models.current  # one version answers the whole batch
-        # Off the event loop (torch releases the GIL), so that the query API and the Kafka clients are served
-        # while the batch's forwards run: answered on the loop, every query waited for the whole batch.
-        answers = await asyncio.to_thread(pipeline.answer, recommender, admitted, now) if admitted else []
+        answers = await answer_admitted(recommender, admitted, now) if admitted else []
         generated_at = datetime.now(UTC)
         messages = [
             Outgoing(
