@@ -14,6 +14,7 @@ import signal
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from functools import partial
@@ -336,17 +337,22 @@ def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
         dlq.send_soon(key=key, value=letter)
         next_offsets[event.message.partition] = event.message.offset + 1
 
+    answering = ThreadPoolExecutor(
+        1, "answers", initializer=use_compute_threads, initargs=(settings.compute_threads,)
+    )
+
     async def answer_admitted(
         recommender: Recommender, admitted: list[Admitted], now: float
     ) -> list[Answered]:
         """The batch's answers; with the query API on, computed off the event loop (torch releases the GIL),
         so that queries are served while the forwards run: on the loop, each query waited for the whole
-        batch (p99 23-25 ms at 200 queries/s beside 500 events/s, 7-9 ms off it). Off the loop, the
+        batch (p99 23-25 ms at 200 queries/s beside 500 events/s, 7-11 ms off it). Off the loop, the
         forwards share the GIL with the loop's Kafka work, which costs the stream's own p99 at 500-1,000
         events/s about 40% (BENCHMARKS.md, "Stream"), so a worker without the query API stays on it."""
         if not settings.web_port:
             return pipeline.answer(recommender, admitted, now)
-        return await asyncio.to_thread(pipeline.answer, recommender, admitted, now)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(answering, pipeline.answer, recommender, admitted, now)
 
     async def answer_batch(events: Sequence[EventT], outgoing: list[Outgoing]) -> None:
         """Admit and answer `events` down to their output messages, dead-letter the malformed ones, count
@@ -502,14 +508,20 @@ def readiness_of(app: faust.App, input_topic: str) -> Check:
     return partial(readiness, held)
 
 
-def run_worker(settings: StreamSettings, log_level: str = "warning") -> None:
-    """Run a worker until SIGINT/SIGTERM; Faust then commits what was answered and closes cleanly."""
-    check_upstream()
+def use_compute_threads(threads: int) -> None:
+    """Threads for torch and FAISS in the calling thread: OpenMP keeps FAISS's count per thread, so each
+    thread that answers sets it (a new thread would spin up one OpenMP thread per core)."""
     import faiss
     import torch
 
-    torch.set_num_threads(settings.compute_threads)
-    faiss.omp_set_num_threads(settings.compute_threads)
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+
+
+def run_worker(settings: StreamSettings, log_level: str = "warning") -> None:
+    """Run a worker until SIGINT/SIGTERM; Faust then commits what was answered and closes cleanly."""
+    check_upstream()
+    use_compute_threads(settings.compute_threads)
     liveness = Liveness(settings.liveness_stall_s)
     app = create_app(settings, liveness)
     if settings.metrics_port:

@@ -10,6 +10,7 @@ import signal
 import time
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jsonschema
@@ -21,7 +22,7 @@ from model.artifacts import resolve_version
 from stream.broker import EmbeddedBroker, free_port
 from stream.schemas import load_schema
 from stream.state import UserState
-from stream.worker import BatchStates, batch_window, handle_isolating_failures
+from stream.worker import BatchStates, batch_window, handle_isolating_failures, use_compute_threads
 from tests.conftest import PublishCopy
 from tests.stream.workers import Worker
 
@@ -703,3 +704,12 @@ def test_a_batch_that_does_not_fail_is_handled_in_one_call() -> None:
         handle_isolating_failures([1, 2, 3], handle, lambda event, error: pytest.fail(f"{event}: {error}"))
     )
     assert calls == [[1, 2, 3]]
+
+
+def test_a_thread_that_answers_runs_faiss_on_the_configured_threads() -> None:
+    """OpenMP keeps FAISS's thread count per thread: the worker's answering thread sets its own, or each
+    search would spin up one OpenMP thread per core beside the event loop."""
+    import faiss
+
+    with ThreadPoolExecutor(1, initializer=use_compute_threads, initargs=(1,)) as answering:
+        assert answering.submit(faiss.omp_get_max_threads).result() == 1
