@@ -401,13 +401,16 @@ def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
         for item, answered in zip(admitted, answers, strict=True):
             metrics.EVENTS_CONSUMED.labels(type=item.event.type).inc()
             metrics.COLD_START_ANSWERS.inc(answered.answer.cold_start)
-            # Kept for the query API; a user's last event in the batch puts last, with the state answered.
+        # Kept for the query API, once per user: the answer with the state it answered (the last event's).
+        pairs = zip(admitted, answers, strict=True)
+        answered_state = {item.event.user_id: (item.state, answered) for item, answered in pairs}
+        for user_id, (state, answered) in answered_state.items():
             if not answered.answer.cold_start:
                 recent_answers.put(
-                    item.event.user_id,
+                    user_id,
                     RecentAnswer(
                         recommender.version,
-                        session_key(query_for(item.state)),
+                        session_key(query_for(state)),
                         pipeline.k,
                         pipeline.bundle_count,
                         answered.content,
