@@ -148,15 +148,12 @@ def _without(history: tuple[Sequence[int], Sequence[int]], index: int) -> tuple[
     return [*items[:index], *items[index + 1 :]], [*types[:index], *types[index + 1 :]]
 
 
-def _shifted(keys_values: KeysValues, sources: torch.Tensor, prefix: int) -> KeysValues:
+def _prefix(keys_values: KeysValues, sources: torch.Tensor, prefix: int) -> KeysValues:
     """Keys and values of inputs that are `sources` rows without one event in their last positions, at
-    their first `prefix` positions: the sources', one position later (the dropped event makes one more
-    padding slot at the front; padding is masked, so its slot holds zeros)."""
-    shifted = []
-    for tensor in keys_values:
-        picked = tensor[sources]
-        shifted.append(torch.cat((torch.zeros_like(picked[:, :, :1]), picked[:, :, : prefix - 1]), dim=2))
-    return shifted[0], shifted[1]
+    their first `prefix` positions. Such an input, padded to one slot fewer than its source, holds its
+    earlier events in the source's slots, so these are the source's, gathered in one copy."""
+    keys, values = (tensor[:, :, :prefix].index_select(0, sources) for tensor in keys_values)
+    return keys, values
 
 
 @torch.inference_mode()
@@ -210,12 +207,13 @@ def encode_without_one(
         rows = torch.tensor([place[variants[n][0]] for n in members], device=device)
         inputs = [_without(histories[variants[n][0]], variants[n][1]) for n in members]
         tail = max(1, max(len(histories[variants[n][0]][0]) - 1 - variants[n][1] for n in members))
+        shorter = length - 1  # a variant holds one event fewer: padded to one slot fewer, it needs no shift
         past = (
-            [[_shifted(kv, rows, length - tail) for kv in member] for member in keep]
-            if tail < length
+            [[_prefix(kv, rows, shorter - tail) for kv in member] for member in keep]
+            if tail < shorter
             else None
         )
-        variant_vectors[members], found = _forward(model, inputs, device, length, past=past)
+        variant_vectors[members], found = _forward(model, inputs, device, shorter, past=past)
         for n, summed in zip(members, found, strict=True):
             variant_repeats[n] = summed
     plain = [row for row in range(len(histories)) if row not in by_source and histories[row][0]]

@@ -171,15 +171,16 @@ class SASRec(nn.Module):
         _, length = items.shape
         valid = items != PAD
         positions = (valid.cumsum(1) - 1).clamp(min=0, max=self.config.max_len - 1)
-        x = self.item_emb(items) + self.type_emb(types) + self.pos_emb(positions)
-        x = self.drop(x * valid.unsqueeze(-1))
         causal = torch.ones(length, length, dtype=torch.bool, device=items.device).tril()
         # Keys must be real events; every query may see itself, so padded rows never attend to nothing (NaN).
         attn_mask = (causal & valid[:, None, :]) | torch.eye(length, dtype=torch.bool, device=items.device)
         attn_mask = attn_mask.unsqueeze(1)
-        if past is not None:
+        if past is not None:  # only the positions after the known ones are embedded and run
             tail = length - past[0][0].shape[2]
-            x, attn_mask = x[:, -tail:], attn_mask[:, :, -tail:]
+            items, types, positions, valid = (t[:, -tail:] for t in (items, types, positions, valid))
+            attn_mask = attn_mask[:, :, -tail:]
+        x = self.item_emb(items) + self.type_emb(types) + self.pos_emb(positions)
+        x = self.drop(x * valid.unsqueeze(-1))
         last_block = len(self.blocks) - 1
         for depth, block in enumerate(self.blocks):
             known = past[depth] if past is not None else None
