@@ -14,10 +14,9 @@ from model.sasrec.model import PAD, KeysValues, SessionModel
 from model.vocab import ItemVocab
 
 TYPE_IDS = {name: i + 1 for i, name in enumerate(EVENT_TYPES)}  # 0 is padding
-# Sharing keys takes a second forward pass; it pays for itself only when it saves many positions: for
-# histories of 20 events and more, and batches of 4 such users and more (measured: BENCHMARKS, "Stream").
+# Sharing keys takes a second forward pass; it pays for itself when it saves many positions: for histories
+# of 20 events and more, from one such user in a batch on (measured: BENCHMARKS, "Stream").
 MIN_SHARED_HISTORY = 20
-MIN_SHARING_SOURCES = 4
 
 
 def encode_history(
@@ -171,9 +170,8 @@ def encode_without_one(
     computed (the same result as encoding the variant alone, to float rounding; tested). Leaving one of the
     last 10 events out of a 50-event history then costs at most 10 positions instead of 50. Histories
     longer than the model's window are encoded whole with their variants (the window would shift), and so are
-    histories shorter than MIN_SHARED_HISTORY, and everything when fewer than MIN_SHARING_SOURCES histories
-    could share (a second pass then costs more than it saves). An input with no item is not encoded: its
-    vector is zero and it has no repeats.
+    histories shorter than MIN_SHARED_HISTORY (a second pass would cost more than it saves). An input with no
+    item is not encoded: its vector is zero and it has no repeats.
     """
     if model.training:
         model.eval()
@@ -190,9 +188,6 @@ def encode_without_one(
             by_source.setdefault(source, []).append(n)
         elif size > 1:  # else the variant is empty: no item, no vector
             whole.append(n)
-    if len(by_source) < MIN_SHARING_SOURCES:  # too few to pay for the second pass
-        whole += [n for members in by_source.values() for n in members]
-        by_source = {}
     sources = sorted(by_source)
     for start in range(0, len(sources), batch_size):
         chunk = sources[start : start + batch_size]
