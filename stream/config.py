@@ -136,6 +136,13 @@ class StreamSettings(BaseSettings):
         3, ge=0, le=10, description="Most bundles per recommendation (users with a known item; 0: none)."
     )
     bundle_size: int = Field(3, ge=2, le=4, description="Items per bundle.")
+    query_idle_s: float = Field(
+        30.0,
+        ge=0,
+        description="While the query API had a request within this many seconds, the worker computes the "
+        "stream's answers off its event loop, so queries never wait for a micro-batch; otherwise on the "
+        "loop, which answers the stream faster.",
+    )
     answer_cache_users: int = Field(
         10_000,
         ge=0,

@@ -90,6 +90,11 @@ QUERY_ANSWERS_KEPT = Counter(
     "bundlecast_query_answers_kept_total",
     "User queries answered with the stream's kept answer (session and model unchanged since), no forward.",
 )
+BATCHES_OFF_LOOP = Counter(
+    "bundlecast_batches_off_loop_total",
+    "Micro-batches whose answers were computed off the event loop, the query API having been asked within "
+    "BUNDLECAST_QUERY_IDLE_S (the others were computed on it).",
+)
 QUERY_DURATION = Histogram(
     "bundlecast_query_duration_seconds",
     "Query API time from request to response on this worker (forwarding included), by route.",

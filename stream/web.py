@@ -33,6 +33,7 @@ from stream.models import ModelHolder
 from stream.query import (
     Ask,
     BadRequest,
+    QueryTraffic,
     RecentAnswers,
     answer_json_of,
     check_id,
@@ -57,13 +58,15 @@ def register_query_api(
     models: ModelHolder,
     trending: Callable[[int], Sequence[Recommendation]],
     recent_answers: RecentAnswers,
+    traffic: QueryTraffic,
     settings: StreamSettings,
     liveness: Check,
     readiness: Check,
 ) -> None:
     """Add the query API's pages to `app`. `state_of` finds a user's state among the partitions this worker
     holds; `trending` is the stream's live popularity, first choice for users with no known item;
-    `recent_answers` holds the stream's answers that a query about an unchanged session returns."""
+    `recent_answers` holds the stream's answers that a query about an unchanged session returns;
+    `traffic` learns of every query."""
 
     batcher = QueryBatcher(models, trending, settings.bundle_size)
 
@@ -74,6 +77,7 @@ def register_query_api(
     async def respond(view: View, route: QueryRoute, handle: Callable[[], Awaitable[Response]]) -> Response:
         """Run `handle`, turning refusals and failures into one-line JSON errors, and count the outcome."""
         started = time.perf_counter()
+        traffic.note()
         try:
             response = await handle()
         except BadRequest as error:

@@ -37,7 +37,7 @@ from stream.health import Liveness, readiness
 from stream.metrics import Check
 from stream.models import ModelHolder
 from stream.pipeline import Admitted, Pipeline, query_for
-from stream.query import RecentAnswer, RecentAnswers, session_key
+from stream.query import QueryTraffic, RecentAnswer, RecentAnswers, session_key
 from stream.sessions import SessionPartitions
 from stream.state import UserState, sweep_expired
 from stream.topics import ensure_topics
@@ -266,6 +266,7 @@ def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
     partitions = asyncio.run(ensure_topics(settings))
     pipeline = Pipeline(settings)
     recent_answers = RecentAnswers(settings.answer_cache_users)
+    query_traffic = QueryTraffic(settings.query_idle_s)
     app = BundlecastApp(
         settings.app_id,
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
@@ -306,6 +307,7 @@ def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
             models,
             lambda depth: pipeline.popularity.top(depth, time.time(), models.current.vocab),
             recent_answers,
+            query_traffic,
             settings,
             liveness.check,
             readiness_of(app, settings.input_topic),
@@ -344,13 +346,14 @@ def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
     async def answer_admitted(
         recommender: Recommender, admitted: list[Admitted], now: float
     ) -> list[Answered]:
-        """The batch's answers; with the query API on, computed off the event loop (torch releases the GIL),
-        so that queries are served while the forwards run: on the loop, each query waited for the whole
-        batch (p99 23-25 ms at 200 queries/s beside 500 events/s, 7-11 ms off it). Off the loop, the
-        forwards share the GIL with the loop's Kafka work, which costs the stream's own p99 at 500-1,000
-        events/s about 40% (BENCHMARKS.md, "Stream"), so a worker without the query API stays on it."""
-        if not settings.web_port:
+        """The batch's answers; while the query API is being asked (`QueryTraffic`), computed off the event
+        loop (torch releases the GIL), so that queries are served while the forwards run: on the loop, each
+        query waited for the whole batch (p99 23-25 ms at 200 queries/s beside 500 events/s, 7-11 ms off
+        it). Off the loop, the forwards share the GIL with the loop's Kafka work, which costs the stream's
+        own p99 at 500-1,000 events/s about 40% (BENCHMARKS.md, "Stream"), so otherwise it stays on it."""
+        if not (settings.web_port and query_traffic.recent()):
             return pipeline.answer(recommender, admitted, now)
+        metrics.BATCHES_OFF_LOOP.inc()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(answering, pipeline.answer, recommender, admitted, now)
 

@@ -18,6 +18,7 @@ from stream.query import (
     MAX_K,
     Ask,
     BadRequest,
+    QueryTraffic,
     RecentAnswer,
     RecentAnswers,
     answer_json,
@@ -157,3 +158,15 @@ def test_kept_answers_are_bounded_least_recently_answered_first_out() -> None:
     off = RecentAnswers(capacity=0)
     off.put("u1", kept_answer(session))
     assert len(off) == 0
+
+
+def test_query_traffic_is_recent_for_idle_s_after_the_last_query() -> None:
+    now = [100.0]
+    traffic = QueryTraffic(30.0, clock=lambda: now[0])
+    assert not traffic.recent()  # no query yet: the worker answers on its event loop
+    traffic.note()
+    now[0] += 30.0
+    assert traffic.recent()
+    traffic.note()
+    now[0] += 30.5
+    assert not traffic.recent()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from stream.broker import EmbeddedBroker, free_port
 from stream.schemas import validator
-from tests.stream.test_worker import answered, consume, event, known_items, produce
+from tests.stream.test_worker import answered, consume, event, known_items, produce, scrape
 from tests.stream.workers import Worker
 
 READY_TIMEOUT_S = 120.0
@@ -52,8 +52,8 @@ def picks(answer: dict) -> tuple[list[str], list[list[str]]]:
 def test_every_worker_answers_about_every_user_from_the_latest_state(
     kafka_broker: EmbeddedBroker, artifact_root: Path, workers: list[Worker], tmp_path: Path
 ) -> None:
-    ports = [free_port(), free_port()]
-    for n, port in enumerate(ports):
+    ports, metrics_ports = [free_port(), free_port()], [free_port(), free_port()]
+    for n, (port, metrics_port) in enumerate(zip(ports, metrics_ports, strict=True)):
         workers.append(
             Worker(
                 kafka_broker,
@@ -62,6 +62,8 @@ def test_every_worker_answers_about_every_user_from_the_latest_state(
                 tmp_path / f"worker{n}.log",
                 web_port=str(port),
                 web_host="127.0.0.1",
+                metrics_port=str(metrics_port),
+                query_idle_s="3600",
             )
         )
     wait_until_ready(ports)
@@ -78,6 +80,8 @@ def test_every_worker_answers_about_every_user_from_the_latest_state(
     for message in sorted(topic, key=lambda m: int(m["event_id"][1:])):
         latest[message["user_id"]] = message
 
+    # Not asked anything yet, the workers answer the stream on their event loops; once asked, off them.
+    assert [scrape(port)["bundlecast_batches_off_loop_total"] for port in metrics_ports] == [0.0, 0.0]
     check = validator("recommendation-query")
     for user in users:
         status_a, from_a = call(ports[0], f"/recommendations/{user}")
@@ -90,6 +94,7 @@ def test_every_worker_answers_about_every_user_from_the_latest_state(
     # A later event shows at once: its item joins the cart, which anchors the first bundle.
     asyncio.run(produce(kafka_broker, [event(99, "user3", items[20], "add_to_cart")]))
     asyncio.run(consume(kafka_broker, lambda r: "e99" in answered(r), settle_s=0))
+    assert max(scrape(port)["bundlecast_batches_off_loop_total"] for port in metrics_ports) >= 1.0
     status, after = call(ports[1], "/recommendations/user3?k=5&bundles=1&exclude=" + items[0])
     assert status == 200 and len(after["items"]) == 5 and len(after["bundles"]) == 1
     assert after["bundles"][0]["anchor"] == items[20]
