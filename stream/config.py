@@ -141,7 +141,7 @@ class StreamSettings(BaseSettings):
         ge=0,
         description="While the query API had a request within this many seconds, the worker computes the "
         "stream's answers off its event loop, so queries never wait for a micro-batch; otherwise on the "
-        "loop, which answers the stream faster.",
+        "loop, which answers the stream faster (0: always on the loop).",
     )
     answer_cache_users: int = Field(
         10_000,

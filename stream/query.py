@@ -212,7 +212,7 @@ class QueryTraffic:
         self.last = self.clock()
 
     def recent(self) -> bool:
-        return self.last is not None and self.clock() - self.last <= self.idle_s
+        return self.last is not None and self.clock() - self.last < self.idle_s
 
 
 def error_json(message: str) -> bytes:

@@ -165,8 +165,11 @@ def test_query_traffic_is_recent_for_idle_s_after_the_last_query() -> None:
     traffic = QueryTraffic(30.0, clock=lambda: now[0])
     assert not traffic.recent()  # no query yet: the worker answers on its event loop
     traffic.note()
-    now[0] += 30.0
+    now[0] += 29.9
     assert traffic.recent()
     traffic.note()
-    now[0] += 30.5
+    now[0] += 30.0
     assert not traffic.recent()
+    traffic = QueryTraffic(0.0, clock=lambda: now[0])
+    traffic.note()
+    assert not traffic.recent()  # 0: always on the loop
