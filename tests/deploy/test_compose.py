@@ -35,7 +35,7 @@ def venv_tool(name: str) -> str:
     local = Path(sys.executable).with_name(name)
     path = str(local) if local.exists() else shutil.which(name)
     if path is None:
-        pytest.skip(f"`{name}` is not installed (pip install -e '.[dev]')")
+        pytest.skip(f"`{name}` is not installed (pip install -e '.[cpu,dev]')")
     return path
 
 
