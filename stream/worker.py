@@ -265,7 +265,8 @@ def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
     models = ModelHolder(settings.model_dir)
     partitions = asyncio.run(ensure_topics(settings))
     pipeline = Pipeline(settings)
-    recent_answers = RecentAnswers(settings.answer_cache_users)
+    # Kept only for the query API: without it nobody asks, and keeping would cost a session key per user.
+    recent_answers = RecentAnswers(settings.answer_cache_users if settings.web_port else 0)
     query_traffic = QueryTraffic(settings.query_idle_s)
     app = BundlecastApp(
         settings.app_id,
@@ -351,7 +352,7 @@ def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
         query waited for the whole batch (p99 23-25 ms at 200 queries/s beside 500 events/s, 7-11 ms off
         it). Off the loop, the forwards share the GIL with the loop's Kafka work, which costs the stream's
         own p99 at 500-1,000 events/s about 40% (BENCHMARKS.md, "Stream"), so otherwise it stays on it."""
-        if not (settings.web_port and query_traffic.recent()):
+        if not query_traffic.recent():  # (only the query API notes traffic)
             return pipeline.answer(recommender, admitted, now)
         metrics.BATCHES_OFF_LOOP.inc()
         loop = asyncio.get_running_loop()
@@ -404,22 +405,22 @@ def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
         for item, answered in zip(admitted, answers, strict=True):
             metrics.EVENTS_CONSUMED.labels(type=item.event.type).inc()
             metrics.COLD_START_ANSWERS.inc(answered.answer.cold_start)
-        # Kept for the query API, once per user: the answer with the state it answered (the last event's).
-        pairs = zip(admitted, answers, strict=True)
-        answered_state = {item.event.user_id: (item.state, answered) for item, answered in pairs}
-        for user_id, (state, answered) in answered_state.items():
-            if not answered.answer.cold_start:
-                recent_answers.put(
-                    user_id,
-                    RecentAnswer(
-                        recommender.version,
-                        session_key(query_for(state)),
-                        pipeline.k,
-                        pipeline.bundle_count,
-                        answered.content,
-                        generated_at,
-                    ),
-                )
+        if recent_answers.capacity > 0:  # kept for the query API, once per user: the last event's state
+            pairs = zip(admitted, answers, strict=True)
+            answered_state = {item.event.user_id: (item.state, answered) for item, answered in pairs}
+            for user_id, (state, answered) in answered_state.items():
+                if not answered.answer.cold_start:
+                    recent_answers.put(
+                        user_id,
+                        RecentAnswer(
+                            recommender.version,
+                            session_key(query_for(state)),
+                            pipeline.k,
+                            pipeline.bundle_count,
+                            answered.content,
+                            generated_at,
+                        ),
+                    )
         metrics.USERS_ERASED.inc(erased)
         outgoing.extend(messages)
         metrics.BATCH_SIZE.observe(len(events))
