@@ -10,13 +10,10 @@ import numpy as np
 import torch
 
 from model.contract import EVENT_TYPES
-from model.sasrec.model import PAD, KeysValues, SessionModel
+from model.sasrec.model import PAD, SessionModel
 from model.vocab import ItemVocab
 
 TYPE_IDS = {name: i + 1 for i, name in enumerate(EVENT_TYPES)}  # 0 is padding
-# Sharing keys takes a second forward pass; it pays for itself when it saves many positions: for histories
-# of 20 events and more, from one such user in a batch on (measured: BENCHMARKS, "Stream").
-MIN_SHARED_HISTORY = 20
 
 
 def encode_history(
@@ -100,13 +97,11 @@ def _forward(
     histories: Sequence[tuple[Sequence[int], Sequence[int]]],
     device: torch.device,
     length: int,
-    past: Sequence[Sequence[KeysValues]] | None = None,
-    keep: list[list[KeysValues]] | None = None,
 ) -> Encoded:
     """One batched forward of histories left-padded to `length` (see `SASRec.encode_last`)."""
     items = left_pad([h[0] for h in histories], length, PAD)
     types = left_pad([h[1] for h in histories], length, PAD)
-    session, bonus = model.encode_last(items.to(device), types.to(device), past, keep)
+    session, bonus = model.encode_last(items.to(device), types.to(device))
     return session.cpu().numpy(), _summed_bonus(items.numpy(), bonus.cpu().numpy(), model.config.n_items)
 
 
@@ -147,12 +142,71 @@ def _without(history: tuple[Sequence[int], Sequence[int]], index: int) -> tuple[
     return [*items[:index], *items[index + 1 :]], [*types[:index], *types[index + 1 :]]
 
 
-def _prefix(keys_values: KeysValues, sources: torch.Tensor, prefix: int) -> KeysValues:
-    """Keys and values of inputs that are `sources` rows without one event in their last positions, at
-    their first `prefix` positions. Such an input, padded to one slot fewer than its source, holds its
-    earlier events in the source's slots, so these are the source's, gathered in one copy."""
-    keys, values = (tensor[:, :, :prefix].index_select(0, sources) for tensor in keys_values)
-    return keys, values
+def _starts(counts: np.ndarray) -> np.ndarray:
+    """Where each of consecutive runs of `counts` elements begins."""
+    return np.cumsum(counts) - counts
+
+
+@dataclass(frozen=True)
+class SharedRows:
+    """Histories and their leave-one-out variants laid out so that they share rows (`SASRec.hidden_at`).
+
+    A variant is its source history up to the dropped event, so with causal attention its rows there are
+    the source's at every block. Input b holds history b's events first (at their own positions), then
+    each of its variants' events after the dropped one (one position earlier); a variant's row sees the
+    history's rows before the dropped event and its own rows up to itself. `ends[b, 0]` is the history's
+    last row, `ends[b, 1 + v]` its v-th variant's (the history's row before its last when the last event
+    is the one dropped: that variant is a prefix of its history). One forward then serves a history and
+    all its variants, and no row is computed twice."""
+
+    items: np.ndarray  # (B, L) item indices, PAD on the rows a shorter history does not fill
+    types: np.ndarray  # (B, L)
+    positions: np.ndarray  # (B, L)
+    visible: np.ndarray  # (B, L, L): row r sees row s
+    ends: np.ndarray  # (B, Q) the last row of each sequence, padded with the history's own
+
+    @classmethod
+    def build(
+        cls, histories: Sequence[tuple[Sequence[int], Sequence[int]]], drops: Sequence[Sequence[int]]
+    ) -> SharedRows:
+        """Vectorised over the batch: flat per-row arrays, scattered into the padded layout once."""
+        sizes = np.array([len(items) for items, _ in histories], dtype=np.int64)
+        count = np.array([len(dropped) for dropped in drops], dtype=np.int64)
+        source = np.repeat(np.arange(len(histories)), count)  # per variant, in order of their histories
+        dropped = np.fromiter(chain.from_iterable(drops), dtype=np.int64, count=int(count.sum()))
+        tails = sizes[source] - 1 - dropped  # a variant's own rows: its events after the dropped one
+        tail_rows = np.bincount(source, weights=tails, minlength=len(histories)).astype(np.int64)
+        firsts = _starts(sizes)  # where each history's events begin in the flat arrays
+        tail_starts = _starts(tails) - _starts(tail_rows)[source]  # column after the history's own rows
+        # Each row as (history, column, event index in its history, group: 0 own, v + 1 variant v, cut:
+        # the own rows it may see are the events before this), own rows first, then the variants' rows.
+        own_history = np.repeat(np.arange(len(histories)), sizes)
+        own_event = np.arange(int(sizes.sum())) - np.repeat(firsts, sizes)
+        variant = np.repeat(np.arange(len(dropped)), tails)
+        step = np.arange(int(tails.sum())) - np.repeat(_starts(tails), tails)
+        history = np.concatenate([own_history, source[variant]])
+        column = np.concatenate([own_event, sizes[source[variant]] + tail_starts[variant] + step])
+        event = np.concatenate([own_event, dropped[variant] + 1 + step])
+        group = np.concatenate([np.zeros_like(own_event), variant + 1])
+        cut = np.concatenate([sizes[own_history], dropped[variant]])
+        shape = (len(histories), int((sizes + tail_rows).max()))
+        items, types = np.full(shape, PAD), np.full(shape, PAD)
+        positions, events, groups, cuts = (np.zeros(shape, dtype=np.int64) for _ in range(4))
+        events[:], groups[:] = -1, -1
+        at, flat = (history, column), firsts[history] + event
+        items[at] = np.fromiter(chain.from_iterable(h[0] for h in histories), dtype=np.int64)[flat]
+        types[at] = np.fromiter(chain.from_iterable(h[1] for h in histories), dtype=np.int64)[flat]
+        positions[at], events[at], groups[at], cuts[at] = event - (group > 0), event, group, cut
+        earlier = events[:, None, :] <= events[:, :, None]
+        from_own = (groups[:, None, :] == 0) & (events[:, None, :] < cuts[:, :, None])
+        same_group = groups[:, None, :] == groups[:, :, None]
+        visible = earlier & (from_own | same_group) & (groups[:, None, :] >= 0)
+        visible |= np.eye(shape[1], dtype=bool)  # padding rows see themselves (never nothing: NaN)
+        ends = np.repeat((sizes - 1)[:, None], 1 + int(count.max(initial=0)), axis=1)
+        ends[source, 1 + np.arange(len(dropped)) - np.repeat(_starts(count), count)] = np.where(
+            tails > 0, sizes[source] + tail_starts + tails - 1, sizes[source] - 2
+        )
+        return cls(items, types, positions, visible, ends)
 
 
 @torch.inference_mode()
@@ -161,17 +215,16 @@ def encode_without_one(
     histories: Sequence[tuple[Sequence[int], Sequence[int]]],
     variants: Sequence[tuple[int, int]],
     device: torch.device,
-    batch_size: int = 256,
+    batch_size: int = 64,
 ) -> tuple[EncodedSessions, EncodedSessions]:
     """Histories, and variants of them that each leave one event out: (source history, dropped index).
 
-    A variant is the same as its source up to the dropped event, so with causal attention its keys and
-    values there are the source's at every block: only the positions from the dropped event on are
-    computed (the same result as encoding the variant alone, to float rounding; tested). Leaving one of the
-    last 10 events out of a 50-event history then costs at most 10 positions instead of 50. Histories
-    longer than the model's window are encoded whole with their variants (the window would shift), and so are
-    histories shorter than MIN_SHARED_HISTORY (a second pass would cost more than it saves). An input with no
-    item is not encoded: its vector is zero and it has no repeats.
+    A history and its variants are one input of shared rows (`SharedRows`): each variant costs only the
+    rows from its dropped event on, and nothing is copied from one forward to another (the same result as
+    encoding each variant alone, to float rounding; tested). Leaving out each of the last 10 events of a
+    50-event history costs 95 rows instead of 11 x 50. Histories are grouped by row count into forwards of
+    `batch_size`. Histories longer than the model's window are encoded whole with their variants (the window
+    would shift). An input with no item is not encoded: its vector is zero and it has no repeats.
     """
     if model.training:
         model.eval()
@@ -180,36 +233,46 @@ def encode_without_one(
     repeats: list[dict[int, float]] = [{} for _ in histories]
     variant_vectors = np.zeros((len(variants), model.vector_dim), dtype=np.float32)
     variant_repeats: list[dict[int, float]] = [{} for _ in variants]
-    by_source: dict[int, list[int]] = {}  # sources long enough to share their keys, and their variants
+    by_source: dict[int, list[int]] = {}  # sources that share rows with their variants, and those variants
     whole: list[int] = []  # the other variants, encoded whole in one pass with the other histories
     for n, (source, _) in enumerate(variants):
         size = len(histories[source][0])
-        if MIN_SHARED_HISTORY <= size <= max_len:
-            by_source.setdefault(source, []).append(n)
-        elif size > 1:  # else the variant is empty: no item, no vector
+        if size <= max_len:
+            if size > 1:  # else the variant is empty: no item, no vector
+                by_source.setdefault(source, []).append(n)
+        else:
             whole.append(n)
-    sources = sorted(by_source)
+
+    def rows(source: int) -> int:  # what it costs in shared rows: its events and its variants' own
+        size = len(histories[source][0])
+        return size + sum(size - 1 - variants[n][1] for n in by_source[source])
+
+    sources = sorted(by_source, key=rows)
     for start in range(0, len(sources), batch_size):
         chunk = sources[start : start + batch_size]
-        batch = [histories[source] for source in chunk]
-        length = _length(batch, max_len)
-        keep: list[list[KeysValues]] = []
-        vectors[chunk], found = _forward(model, batch, device, length, keep=keep)
-        for source, summed in zip(chunk, found, strict=True):
-            repeats[source] = summed
-        members = [n for source in chunk for n in by_source[source]]
-        place = {source: row for row, source in enumerate(chunk)}
-        rows = torch.tensor([place[variants[n][0]] for n in members], device=device)
-        inputs = [_without(histories[variants[n][0]], variants[n][1]) for n in members]
-        tail = max(1, max(len(histories[variants[n][0]][0]) - 1 - variants[n][1] for n in members))
-        shorter = length - 1  # a variant holds one event fewer: padded to one slot fewer, it needs no shift
-        past = (
-            [[_prefix(kv, rows, shorter - tail) for kv in member] for member in keep]
-            if tail < shorter
-            else None
+        members = [by_source[source] for source in chunk]
+        shared = SharedRows.build(
+            [histories[source] for source in chunk], [[variants[n][1] for n in own] for own in members]
         )
-        variant_vectors[members], found = _forward(model, inputs, device, shorter, past=past)
-        for n, summed in zip(members, found, strict=True):
+        session, bonus = model.encode_rows(
+            *(torch.from_numpy(a).to(device) for a in (shared.items, shared.types, shared.positions)),
+            torch.from_numpy(shared.visible).to(device),
+            torch.from_numpy(shared.ends).to(device),
+        )
+        session, bonus = session.cpu().numpy(), bonus.cpu().numpy()
+        seen = np.take_along_axis(shared.visible, shared.ends[:, :, None], axis=1)
+        seen_items = np.where(seen, shared.items[:, None, :], PAD)
+        picked = [(b, 0) for b in range(len(chunk))] + [
+            (b, 1 + v) for b, own in enumerate(members) for v in range(len(own))
+        ]
+        at = tuple(np.array(picked).T)
+        found = _summed_bonus(seen_items[at], bonus[at], model.config.n_items)
+        vectors[chunk] = session[at][: len(chunk)]
+        for source, summed in zip(chunk, found[: len(chunk)], strict=True):
+            repeats[source] = summed
+        flat = [n for own in members for n in own]
+        variant_vectors[flat] = session[at][len(chunk) :]
+        for n, summed in zip(flat, found[len(chunk) :], strict=True):
             variant_repeats[n] = summed
     plain = [row for row in range(len(histories)) if row not in by_source and histories[row][0]]
     if plain or whole:

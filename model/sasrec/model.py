@@ -25,9 +25,6 @@ from torch import nn
 from model.contract import EVENT_TYPES
 
 PAD = 0
-KeysValues = tuple[
-    torch.Tensor, torch.Tensor
-]  # one attention layer's keys and values (B, heads, L, d / heads)
 
 
 @dataclass
@@ -79,26 +76,20 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
 
     def forward(
-        self,
-        x: torch.Tensor,
-        attn_mask: torch.Tensor,
-        last_only: bool = False,
-        past: KeysValues | None = None,
-        keep: list[KeysValues] | None = None,
+        self, x: torch.Tensor, attn_mask: torch.Tensor, rows: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Attention output at every position of `x`, or with `last_only` at the latest one only (B, 1, d).
-
-        `past`: keys and values of positions before `x`'s (the mask covers them too), so that only the
-        last positions of an input need computing. `keep` receives this call's keys and values."""
-        batch, rows, dim = x.shape
+        """Attention output at every position of `x`, or only at `rows` (B, Q: positions per input) as
+        (B, Q, d). Keys and values come from every position either way; the mask (B, 1, L, L) says which
+        position each one sees."""
+        batch, length, dim = x.shape
         q, k, v = self.qkv(x).split(dim, dim=2)
-        q, k, v = (t.view(batch, rows, self.n_heads, dim // self.n_heads).transpose(1, 2) for t in (q, k, v))
-        if past is not None:
-            k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)
-        if keep is not None:
-            keep.append((k, v))
-        if last_only:
-            q, attn_mask = q[:, :, -1:], attn_mask[..., -1:, :]
+        q, k, v = (
+            t.view(batch, length, self.n_heads, dim // self.n_heads).transpose(1, 2) for t in (q, k, v)
+        )
+        if rows is not None:
+            picked = rows[:, None, :, None]
+            q = q.gather(2, picked.expand(-1, self.n_heads, -1, q.shape[-1]))
+            attn_mask = attn_mask.gather(2, picked.expand(-1, attn_mask.shape[1], -1, length))
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )
@@ -120,18 +111,14 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        attn_mask: torch.Tensor,
-        last_only: bool = False,
-        past: KeysValues | None = None,
-        keep: list[KeysValues] | None = None,
+        self, x: torch.Tensor, attn_mask: torch.Tensor, rows: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """The block's output at every position, or with `last_only` at the latest one (B, 1, d): its
-        keys and values still come from every position, but nothing else does (`past` and `keep`: see
-        `CausalSelfAttention`)."""
-        attended = self.attn(self.ln_1(x), attn_mask, last_only, past, keep)
-        x = (x[:, -1:] if last_only else x) + self.dropout(attended)
+        """The block's output at every position, or only at `rows` (B, Q) as (B, Q, d): keys and values
+        still come from every position, but nothing else does."""
+        attended = self.attn(self.ln_1(x), attn_mask, rows)
+        if rows is not None:
+            x = x.gather(1, rows[:, :, None].expand(-1, -1, x.shape[-1]))
+        x = x + self.dropout(attended)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -152,39 +139,40 @@ class SASRec(nn.Module):
         nn.init.normal_(self.type_emb.weight, std=0.02)
         nn.init.normal_(self.pos_emb.weight, std=0.02)
 
-    def hidden(
-        self,
-        items: torch.Tensor,
-        types: torch.Tensor,
-        last_only: bool = False,
-        past: Sequence[KeysValues] | None = None,
-        keep: list[KeysValues] | None = None,
-    ) -> torch.Tensor:
+    def hidden(self, items: torch.Tensor, types: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         """Per-position session vectors (B, L, d) for left-padded inputs; position t sees events <= t only.
 
         With `last_only`, (B, 1, d) at the latest position: serving needs no other, and the last block
         then runs its attention queries, projection and MLP for one position instead of L (the demo
-        model's one-block forward of a micro-batch's leave-one-out variants: 3-5x faster, BENCHMARKS).
-
-        `past` (one per block): keys and values of the first positions, already known; only the positions
-        after them are computed (see `encode_last`). `keep` receives every block's keys and values."""
-        _, length = items.shape
+        model's one-block forward of a micro-batch's leave-one-out variants: 3-5x faster, BENCHMARKS)."""
+        batch, length = items.shape
         valid = items != PAD
         positions = (valid.cumsum(1) - 1).clamp(min=0, max=self.config.max_len - 1)
         causal = torch.ones(length, length, dtype=torch.bool, device=items.device).tril()
         # Keys must be real events; every query may see itself, so padded rows never attend to nothing (NaN).
         attn_mask = (causal & valid[:, None, :]) | torch.eye(length, dtype=torch.bool, device=items.device)
-        attn_mask = attn_mask.unsqueeze(1)
-        if past is not None:  # only the positions after the known ones are embedded and run
-            tail = length - past[0][0].shape[2]
-            items, types, positions, valid = (t[:, -tail:] for t in (items, types, positions, valid))
-            attn_mask = attn_mask[:, :, -tail:]
+        last = torch.full((batch, 1), length - 1, device=items.device) if last_only else None
+        return self.hidden_at(items, types, positions, attn_mask, last)
+
+    def hidden_at(
+        self,
+        items: torch.Tensor,
+        types: torch.Tensor,
+        positions: torch.Tensor,
+        visible: torch.Tensor,
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`hidden` for inputs laid out freely: row r of input b holds an event at `positions[b, r]`
+        that sees the rows `visible[b, r]` marks (itself among them). Several sequences can then share
+        rows: a history and its leave-one-out variants share every event before the dropped one
+        (`encode_rows`). With `rows` (B, Q), the output is only at those rows (B, Q, d)."""
+        valid = items != PAD
         x = self.item_emb(items) + self.type_emb(types) + self.pos_emb(positions)
         x = self.drop(x * valid.unsqueeze(-1))
+        attn_mask = visible.unsqueeze(1)
         last_block = len(self.blocks) - 1
         for depth, block in enumerate(self.blocks):
-            known = past[depth] if past is not None else None
-            x = block(x, attn_mask, last_only and depth == last_block, known, keep)
+            x = block(x, attn_mask, rows if depth == last_block else None)
         return self.ln_f(x)
 
     @property
@@ -206,28 +194,33 @@ class SASRec(nn.Module):
         event's type, `distance` how many events before that position it happened."""
         return F.softplus(gate + self.repeat_distance[distance] + self.repeat_type[types])
 
-    def encode_last(
-        self,
-        items: torch.Tensor,
-        types: torch.Tensor,
-        past: Sequence[Sequence[KeysValues]] | None = None,
-        keep: list[list[KeysValues]] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_last(self, items: torch.Tensor, types: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """For left-padded histories: session vectors (B, d) at the latest event, and the repeat bonus
-        (B, L) of each history position for that prediction (0 on padding).
-
-        `keep` receives one entry per member (a SASRec is one): every block's keys and values. Given as
-        `past`, keys and values of each input's first positions are taken as they are and only its last
-        positions computed: an input that differs from a known one only there (a history without one of
-        its latest events) costs a few positions instead of all of them."""
-        blocks: list[KeysValues] | None = [] if keep is not None else None
-        hidden = self.hidden(items, types, True, past[0] if past is not None else None, blocks)[:, -1]
-        if keep is not None and blocks is not None:
-            keep.append(blocks)
+        (B, L) of each history position for that prediction (0 on padding)."""
+        hidden = self.hidden(items, types, last_only=True)[:, -1]
         length = items.shape[1]
         distance = (length - 1 - torch.arange(length, device=items.device)).expand_as(items)
         gate = self.repeat_gate(hidden)  # (B, 1): broadcasts over the history positions
         bonus = self.repeat_bonus(gate, types, distance) * (items != PAD) * self.config.repeat_scale
+        return self.session_vectors(hidden), bonus
+
+    def encode_rows(
+        self,
+        items: torch.Tensor,
+        types: torch.Tensor,
+        positions: torch.Tensor,
+        visible: torch.Tensor,
+        rows: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`encode_last` for sequences sharing rows (`hidden_at`'s layout): the sequence that ends at row
+        `rows[b, q]` is that row and every row it sees. Returns its session vector (B, Q, d) and the
+        repeat bonus (B, Q, L) of each row for its prediction (0 on rows it does not see)."""
+        hidden = self.hidden_at(items, types, positions, visible, rows)
+        ends = rows[:, :, None]
+        seen = visible.gather(1, ends.expand(-1, -1, visible.shape[-1]))  # (B, Q, L)
+        distance = (positions.gather(1, rows)[:, :, None] - positions[:, None, :]).clamp(min=0)
+        gate = self.repeat_gate(hidden)  # (B, Q, 1)
+        bonus = self.repeat_bonus(gate, types[:, None, :], distance) * seen * self.config.repeat_scale
         return self.session_vectors(hidden), bonus
 
     def loss(
@@ -281,8 +274,9 @@ class SASRecEnsemble(nn.Module):
     Models that differ only in their seed still miss different targets, so their mean ranks better than
     either one (measured in BENCHMARKS). Session vectors and item rows are the members' side by side, each
     session part divided by the member count, so one FAISS index over the joined rows ranks exactly by the
-    mean score; the repeat bonus is the members' mean too. It has SASRec's serving interface
-    (`config`, `vector_dim`, `item_vectors`, `encode_last`), so encoding, search and explanations take either.
+    mean score; the repeat bonus is the members' mean too. It has SASRec's serving interface (`config`,
+    `vector_dim`, `item_vectors`, `encode_last`, `encode_rows`), so encoding, search and explanations take
+    either.
     """
 
     def __init__(self, members: Sequence[SASRec]) -> None:
@@ -299,19 +293,27 @@ class SASRecEnsemble(nn.Module):
     def item_vectors(self) -> torch.Tensor:
         return torch.cat([member.item_vectors() for member in self.members], dim=1)
 
-    def encode_last(
+    def encode_last(self, items: torch.Tensor, types: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._mean([member.encode_last(items, types) for member in self.members])
+
+    def encode_rows(
         self,
         items: torch.Tensor,
         types: torch.Tensor,
-        past: Sequence[Sequence[KeysValues]] | None = None,
-        keep: list[list[KeysValues]] | None = None,
+        positions: torch.Tensor,
+        visible: torch.Tensor,
+        rows: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = [
-            member.encode_last(items, types, [past[m]] if past is not None else None, keep)
-            for m, member in enumerate(self.members)
-        ]
+        return self._mean(
+            [member.encode_rows(items, types, positions, visible, rows) for member in self.members]
+        )
+
+    @staticmethod
+    def _mean(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The members' session vectors side by side (scaled so the joined inner product is the mean
+        score) and their mean repeat bonus."""
         count = len(parts)
-        vectors = torch.cat([vector for vector, _ in parts], dim=1) / count
+        vectors = torch.cat([vector for vector, _ in parts], dim=-1) / count
         return vectors, torch.stack([bonus for _, bonus in parts]).mean(0)
 
 

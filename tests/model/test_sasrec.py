@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model.data import Session, views
-from model.sasrec.encode import MIN_SHARED_HISTORY, encode_sessions, encode_without_one, left_pad
+from model.sasrec.encode import encode_sessions, encode_without_one, left_pad
 from model.sasrec.model import PAD, SASRec, SASRecConfig, SASRecEnsemble, SoftmaxCrossEntropy, session_model
 from model.sasrec.train import (
     TrainConfig,
@@ -274,9 +274,9 @@ def test_left_pad_keeps_the_latest_values_right_aligned() -> None:
 
 
 @pytest.mark.parametrize(("layers", "members"), [(1, 1), (2, 1), (2, 2), (3, 1)])
-def test_variants_reusing_their_sources_keys_equal_variants_encoded_alone(layers: int, members: int) -> None:
-    """Leaving one of the latest events out, computed from the source history's keys and values at the
-    positions before it (`encode_without_one`), gives what encoding the variant alone gives."""
+def test_variants_sharing_their_sources_rows_equal_variants_encoded_alone(layers: int, members: int) -> None:
+    """A history and its leave-one-out variants encoded as one input of shared rows (`encode_without_one`,
+    `SharedRows`) give what encoding each of them alone gives: vectors and repeat bonuses."""
     torch.manual_seed(layers * 10 + members)
     config = SASRecConfig(n_items=40, max_len=30, dim=16, n_layers=layers, n_heads=2, dropout=0.0)
     model = session_model([SASRec(config) for _ in range(members)]).eval()
@@ -286,15 +286,17 @@ def test_variants_reusing_their_sources_keys_equal_variants_encoded_alone(layers
             member.repeat_type.normal_()
     generator = random.Random(layers + members)
     histories = [
-        ([generator.randint(1, 40) for _ in range(n)], [generator.randint(1, 4) for _ in range(n)])
-        # Short ones (encoded whole), long ones sharing keys (MIN_SHARED_HISTORY on), past the window.
-        for n in (1, 2, 7, MIN_SHARED_HISTORY - 1, MIN_SHARED_HISTORY, 25, 30, 30, 31, 35)
+        # Few item ids, so that items repeat; lengths up to the window, at it, and past it (encoded whole).
+        ([generator.randint(1, 12) for _ in range(n)], [generator.randint(1, 4) for _ in range(n)])
+        for n in (1, 2, 3, 7, 19, 20, 25, 30, 30, 31, 35)
     ]
-    variants = [
+    variants = [  # every event of the short histories, the last 6 (and a middle one) of the others
         (source, j)
         for source, (items, _) in enumerate(histories)
-        for j in range(max(0, len(items) - 6), len(items))
+        for j in range(len(items))
+        if len(items) <= 7 or j >= len(items) - 6 or j == len(items) // 2
     ]
+    generator.shuffle(variants)  # in no particular order
     device = torch.device("cpu")
     sources, without = encode_without_one(model, histories, variants, device, batch_size=4)
     alone = encode_sessions(model, histories, device)
