@@ -139,20 +139,20 @@ class SASRec(nn.Module):
         nn.init.normal_(self.type_emb.weight, std=0.02)
         nn.init.normal_(self.pos_emb.weight, std=0.02)
 
-    def hidden(self, items: torch.Tensor, types: torch.Tensor, last_only: bool = False) -> torch.Tensor:
-        """Per-position session vectors (B, L, d) for left-padded inputs; position t sees events <= t only.
+    def hidden(self, items: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        """Per-position session vectors (B, L, d) for left-padded inputs; position t sees events <= t only."""
+        return self.hidden_at(items, types, *self.left_padded(items))
 
-        With `last_only`, (B, 1, d) at the latest position: serving needs no other, and the last block
-        then runs its attention queries, projection and MLP for one position instead of L (the demo
-        model's one-block forward of a micro-batch's leave-one-out variants: 3-5x faster, BENCHMARKS)."""
-        batch, length = items.shape
+    def left_padded(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`hidden_at`'s positions and visibility for left-padded inputs: positions count from the oldest
+        event, each event sees itself and the events before it."""
+        length = items.shape[1]
         valid = items != PAD
         positions = (valid.cumsum(1) - 1).clamp(min=0, max=self.config.max_len - 1)
         causal = torch.ones(length, length, dtype=torch.bool, device=items.device).tril()
         # Keys must be real events; every query may see itself, so padded rows never attend to nothing (NaN).
-        attn_mask = (causal & valid[:, None, :]) | torch.eye(length, dtype=torch.bool, device=items.device)
-        last = torch.full((batch, 1), length - 1, device=items.device) if last_only else None
-        return self.hidden_at(items, types, positions, attn_mask, last)
+        visible = (causal & valid[:, None, :]) | torch.eye(length, dtype=torch.bool, device=items.device)
+        return positions, visible
 
     def hidden_at(
         self,
@@ -165,7 +165,9 @@ class SASRec(nn.Module):
         """`hidden` for inputs laid out freely: row r of input b holds an event at `positions[b, r]`
         that sees the rows `visible[b, r]` marks (itself among them). Several sequences can then share
         rows: a history and its leave-one-out variants share every event before the dropped one
-        (`encode_rows`). With `rows` (B, Q), the output is only at those rows (B, Q, d)."""
+        (`encode_rows`). With `rows` (B, Q), the output is only at those rows (B, Q, d): the last block
+        then runs its queries, projection and MLP for those rows alone, which is all serving reads (the
+        demo model's one-block forward of a micro-batch's variants: 3-5x faster, BENCHMARKS)."""
         valid = items != PAD
         x = self.item_emb(items) + self.type_emb(types) + self.pos_emb(positions)
         x = self.drop(x * valid.unsqueeze(-1))
@@ -197,12 +199,9 @@ class SASRec(nn.Module):
     def encode_last(self, items: torch.Tensor, types: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """For left-padded histories: session vectors (B, d) at the latest event, and the repeat bonus
         (B, L) of each history position for that prediction (0 on padding)."""
-        hidden = self.hidden(items, types, last_only=True)[:, -1]
-        length = items.shape[1]
-        distance = (length - 1 - torch.arange(length, device=items.device)).expand_as(items)
-        gate = self.repeat_gate(hidden)  # (B, 1): broadcasts over the history positions
-        bonus = self.repeat_bonus(gate, types, distance) * (items != PAD) * self.config.repeat_scale
-        return self.session_vectors(hidden), bonus
+        last = torch.full((items.shape[0], 1), items.shape[1] - 1, device=items.device)
+        vectors, bonus = self.encode_rows(items, types, *self.left_padded(items), last)
+        return vectors[:, 0], bonus[:, 0]
 
     def encode_rows(
         self,
@@ -212,9 +211,10 @@ class SASRec(nn.Module):
         visible: torch.Tensor,
         rows: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`encode_last` for sequences sharing rows (`hidden_at`'s layout): the sequence that ends at row
-        `rows[b, q]` is that row and every row it sees. Returns its session vector (B, Q, d) and the
-        repeat bonus (B, Q, L) of each row for its prediction (0 on rows it does not see)."""
+        """Session vectors and repeat bonuses of sequences laid out as `hidden_at` takes them: the sequence
+        that ends at row `rows[b, q]` is that row and every row it sees. Returns its session vector
+        (B, Q, d) and the repeat bonus (B, Q, L) of each row for its prediction (0 on rows it does not
+        see). `encode_last` is its one-sequence-per-input form."""
         hidden = self.hidden_at(items, types, positions, visible, rows)
         ends = rows[:, :, None]
         seen = visible.gather(1, ends.expand(-1, -1, visible.shape[-1]))  # (B, Q, L)

@@ -52,17 +52,18 @@ def test_a_position_sees_the_same_thing_in_training_and_at_inference(model: SASR
 
 
 @pytest.mark.parametrize("n_layers", [1, 2])
-def test_the_last_position_alone_is_the_last_position_of_the_full_pass(n_layers: int) -> None:
-    """Serving runs the last block for the latest position only; it must be what the full pass says there."""
+def test_the_rows_asked_for_alone_are_those_rows_of_the_full_pass(n_layers: int) -> None:
+    """Serving runs the last block for the rows it reads only; they must be what the full pass says there."""
     torch.manual_seed(0)
     model = SASRec(SASRecConfig(n_items=30, max_len=8, dim=16, n_layers=n_layers, dropout=0.0)).eval()
     items = torch.tensor([[PAD, PAD, 3, 5, 7], [4, 9, 9, 2, 6], [PAD, PAD, PAD, PAD, 8]])
     types = torch.where(items != PAD, torch.tensor([[1, 2, 1, 3, 4]]), PAD)
+    rows = torch.tensor([[4, 2], [1, 4], [4, 4]])
     with torch.no_grad():
-        last = model.hidden(items, types, last_only=True)
+        picked = model.hidden_at(items, types, *model.left_padded(items), rows)
         full = model.hidden(items, types)
-    assert last.shape == (3, 1, 16)
-    torch.testing.assert_close(last[:, 0], full[:, -1])
+    assert picked.shape == (3, 2, 16)
+    torch.testing.assert_close(picked, full.gather(1, rows[:, :, None].expand(-1, -1, 16)))
 
 
 def test_left_padding_does_not_change_the_session_vector(model: SASRec) -> None:
