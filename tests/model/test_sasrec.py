@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model.data import Session, views
-from model.sasrec.encode import encode_sessions, encode_without_one, left_pad
+from model.sasrec.encode import SharedRows, encode_sessions, encode_without_one, left_pad
 from model.sasrec.model import PAD, SASRec, SASRecConfig, SASRecEnsemble, SoftmaxCrossEntropy, session_model
 from model.sasrec.train import (
     TrainConfig,
@@ -272,6 +272,21 @@ def test_left_pad_keeps_the_latest_values_right_aligned() -> None:
     padded = left_pad([[1, 2, 3], [], [4, 5, 6, 7, 8], [9]], 4, 0)
     assert padded.tolist() == [[0, 1, 2, 3], [0, 0, 0, 0], [5, 6, 7, 8], [0, 0, 0, 9]]
     assert left_pad([[1, 2]], 0, 0).shape == (1, 0)
+
+
+def test_shared_rows_lay_a_history_out_before_its_variants_own_events() -> None:
+    """History A (4 events) without its 2nd and without its last event; history B (2) without its 1st."""
+    shared = SharedRows.build([([11, 12, 13, 14], [1, 1, 2, 1]), ([21, 22], [1, 3])], [[1, 3], [0]])
+    assert shared.items.tolist() == [[11, 12, 13, 14, 13, 14], [21, 22, 22, PAD, PAD, PAD]]
+    assert shared.types.tolist() == [[1, 1, 2, 1, 2, 1], [1, 3, 3, PAD, PAD, PAD]]
+    # A variant's events sit one position earlier than in the history: the dropped one is gone.
+    assert shared.positions[0].tolist() == [0, 1, 2, 3, 1, 2]
+    assert shared.positions[1, :3].tolist() == [0, 1, 0]
+    # Ends: the history's last row, then each variant's; A without its last event ends on A's third row.
+    assert shared.ends.tolist() == [[3, 5, 2], [1, 2, 1]]
+    seen = [[np.flatnonzero(row).tolist() for row in visible] for visible in shared.visible]
+    assert seen[0] == [[0], [0, 1], [0, 1, 2], [0, 1, 2, 3], [0, 4], [0, 4, 5]]
+    assert seen[1] == [[0], [0, 1], [2], [3], [4], [5]]  # padding rows see themselves only
 
 
 @pytest.mark.parametrize(("layers", "members"), [(1, 1), (2, 1), (2, 2), (3, 1)])
