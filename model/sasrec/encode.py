@@ -164,6 +164,7 @@ class SharedRows:
     positions: np.ndarray  # (B, L)
     visible: np.ndarray  # (B, L, L): row r sees row s
     ends: np.ndarray  # (B, Q) the last row of each sequence, padded with the history's own
+    sequences: tuple[np.ndarray, np.ndarray]  # (b, q) in `ends` of every history, then of every variant
 
     @classmethod
     def build(
@@ -203,10 +204,15 @@ class SharedRows:
         visible = earlier & (from_own | same_group) & (groups[:, None, :] >= 0)
         visible |= np.eye(shape[1], dtype=bool)  # padding rows see themselves (never nothing: NaN)
         ends = np.repeat((sizes - 1)[:, None], 1 + int(count.max(initial=0)), axis=1)
-        ends[source, 1 + np.arange(len(dropped)) - np.repeat(_starts(count), count)] = np.where(
+        variant_column = 1 + np.arange(len(dropped)) - np.repeat(_starts(count), count)
+        ends[source, variant_column] = np.where(
             tails > 0, sizes[source] + tail_starts + tails - 1, sizes[source] - 2
         )
-        return cls(items, types, positions, visible, ends)
+        sequences = (
+            np.concatenate([np.arange(len(histories)), source]),
+            np.concatenate([np.zeros(len(histories), dtype=np.int64), variant_column]),
+        )
+        return cls(items, types, positions, visible, ends, sequences)
 
 
 @torch.inference_mode()
@@ -262,16 +268,14 @@ def encode_without_one(
         session, bonus = session.cpu().numpy(), bonus.cpu().numpy()
         seen = np.take_along_axis(shared.visible, shared.ends[:, :, None], axis=1)
         seen_items = np.where(seen, shared.items[:, None, :], PAD)
-        picked = [(b, 0) for b in range(len(chunk))] + [
-            (b, 1 + v) for b, own in enumerate(members) for v in range(len(own))
-        ]
-        at = tuple(np.array(picked).T)
+        at = shared.sequences
         found = _summed_bonus(seen_items[at], bonus[at], model.config.n_items)
-        vectors[chunk] = session[at][: len(chunk)]
+        encoded = session[at]
+        vectors[chunk] = encoded[: len(chunk)]
         for source, summed in zip(chunk, found[: len(chunk)], strict=True):
             repeats[source] = summed
         flat = [n for own in members for n in own]
-        variant_vectors[flat] = session[at][len(chunk) :]
+        variant_vectors[flat] = encoded[len(chunk) :]
         for n, summed in zip(flat, found[len(chunk) :], strict=True):
             variant_repeats[n] = summed
     plain = [row for row in range(len(histories)) if row not in by_source and histories[row][0]]

@@ -284,6 +284,7 @@ def test_shared_rows_lay_a_history_out_before_its_variants_own_events() -> None:
     assert shared.positions[1, :3].tolist() == [0, 1, 0]
     # Ends: the history's last row, then each variant's; A without its last event ends on A's third row.
     assert shared.ends.tolist() == [[3, 5, 2], [1, 2, 1]]
+    assert [column.tolist() for column in shared.sequences] == [[0, 1, 0, 0, 1], [0, 0, 1, 2, 1]]
     seen = [[np.flatnonzero(row).tolist() for row in visible] for visible in shared.visible]
     assert seen[0] == [[0], [0, 1], [0, 1, 2], [0, 1, 2, 3], [0, 4], [0, 4, 5]]
     assert seen[1] == [[0], [0, 1], [2], [3], [4], [5]]  # padding rows see themselves only
