@@ -1,8 +1,9 @@
 """What each stage of the worker costs alone, at its own best rate, to set beside the whole worker.
 
 In one run, on the same machine and the same events (the bundled online-retail sample, cycled):
-- kafka: consume the events and produce one 9 KB answer per event through aiokafka, no work in between
-  (the transport's floor; the worker uses the same client under Faust);
+- kafka: consume the events through aiokafka and produce one 9 KB answer per event through the answers'
+  librdkafka client, no work in between (the transport's floor; the worker consumes with the same client
+  under Faust and answers through `stream.transport.AnswerProducer`, micro-batch by micro-batch);
 - state, model, faiss, bundles: `Pipeline.admit` and `Pipeline.answer` on micro-batches of `--batch` events,
   each stage timed by the answer seam's own stage hook.
 Prints one JSON line: events/s of each stage alone, and the events/s all of them allow in sequence (1 / the
@@ -32,6 +33,7 @@ from stream.config import StreamSettings
 from stream.launch import ONLINE_RETAIL_SAMPLE, broker_for
 from stream.pipeline import Admitted, Pipeline, query_for
 from stream.replay import event_records, load_events
+from stream.transport import AnswerProducer
 
 ANSWER_BYTES = 9 * 1024  # a complete answer (20 explained items, 3 explained bundles)
 
@@ -73,21 +75,23 @@ async def kafka_floor(settings: StreamSettings, batch: list[tuple[bytes, bytes]]
     for key, value in batch:
         await producer.send("cost-in", key=key, value=value)
     await producer.flush()
+    await producer.stop()
     consumer = AIOKafkaConsumer("cost-in", **settings.aiokafka_options(), auto_offset_reset="earliest")
     await consumer.start()
+    answers = AnswerProducer(settings.answer_client_options())
+    await answers.start()
     answer = b"x" * ANSWER_BYTES
     started, seen = time.perf_counter(), 0
     try:
         while seen < len(batch):
             for messages in (await consumer.getmany(timeout_ms=200, max_records=1000)).values():
-                for message in messages:
-                    await producer.send("cost-out", key=message.key, value=answer)
+                await answers.put("cost-out", [(message.key, answer) for message in messages])
                 seen += len(messages)
-        await producer.flush()
+        await answers.drain()
         return time.perf_counter() - started
     finally:
         await consumer.stop()
-        await producer.stop()
+        await answers.stop()
 
 
 def main() -> None:

@@ -229,6 +229,37 @@ class StreamSettings(BaseSettings):
             options["ssl_context"] = context
         return options
 
+    def answer_client_options(self) -> dict[str, Any]:
+        """The answers' librdkafka producer (`stream.transport.AnswerProducer`): connection, security and
+        batch size."""
+        return self.librdkafka_options() | {
+            "batch.size": self.producer_max_batch_bytes,
+            "client.id": f"{self.app_id}-answers",
+        }
+
+    def librdkafka_options(self) -> dict[str, Any]:
+        """`aiokafka_options` in librdkafka's names, for the confluent-kafka clients."""
+        options: dict[str, Any] = {
+            "bootstrap.servers": self.aiokafka_options()["bootstrap_servers"],
+            "security.protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_security_protocol.startswith("SASL"):
+            options |= {
+                "sasl.mechanism": self.kafka_sasl_mechanism,
+                "sasl.username": self.kafka_sasl_username,
+                "sasl.password": (
+                    self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+                ),
+            }
+        if self.kafka_security_protocol.endswith("SSL"):
+            files = {
+                "ssl.ca.location": self.kafka_ssl_cafile,
+                "ssl.certificate.location": self.kafka_ssl_certfile,
+                "ssl.key.location": self.kafka_ssl_keyfile,
+            }
+            options |= {name: str(path) for name, path in files.items() if path is not None}
+        return {name: value for name, value in options.items() if value is not None}
+
 
 def _flag_type(annotation: Any) -> Any:
     """The type typer should parse a settings field as (Literal and SecretStr become str)."""

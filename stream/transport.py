@@ -1,8 +1,8 @@
 """Faust's Kafka transport (aiokafka), adjusted for at-least-once answers at stream rates.
 
 `BundlecastApp` is a Faust app whose input consumer fetches on the app's timing and delivers no record
-that a restart's seek would make Faust misread as an offset gap (`InputConsumer`), whose producer hands
-answers to the Kafka client as record batches through an outbox and delivers everything queued before
+that a restart's seek would make Faust misread as an offset gap (`InputConsumer`), whose producer sends
+answers through librdkafka (`AnswerProducer`, confluent-kafka) and delivers everything queued before
 input offsets are committed (`DrainingProducer`), and whose flow control keeps buffered events when flow
 resumes without having been suspended (`ResumeOnceFlowControl`). Each adjustment says which Faust or
 aiokafka behaviour it replaces and why; `stream.worker` builds the app and its agent on top.
@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from functools import cached_property
 from typing import Any, cast
 
+import confluent_kafka
 import faust
 from aiokafka import AIOKafkaConsumer
-from aiokafka.partitioner import DefaultPartitioner
+from confluent_kafka import KafkaError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP, Message
@@ -33,7 +34,14 @@ from stream.replay import Record
 
 log = logging.getLogger(__name__)
 
-ANSWER_BATCHES_WAITING = 4  # micro-batches of answers queued for the Kafka client before the agent waits
+SETTLE_POLL_S = 0.001  # how often a drain, or a put that a full client queue holds back, polls for reports
+STOP_FLUSH_S = 10.0  # how long a stopping worker waits for its last answers to be delivered
+ANSWER_CLIENT_DEFAULTS: dict[str, Any] = {
+    "acks": "all",
+    "partitioner": "murmur2_random",  # the Java client's partitioner for keyed records
+    "linger.ms": 1,  # a micro-batch's answers are queued at once: there is little to wait for
+    "queue.buffering.max.kbytes": 64 * 1024,  # ~7,000 answers waiting for delivery before `put` waits
+}
 
 
 class InputConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -214,7 +222,7 @@ class DrainingProducerBuffer(ProducerBuffer):
     ignores a message the buffer is handing over right then, so the commit could cover events whose
     answers were still buffered: a crash then lost those answers (seen as an unanswered event in the
     recovery test). Changelog records and dead letters are buffered (`send_soon`), so this flush is what
-    makes them durable before a commit (answers take `AnswerOutbox`). Messages buffered after the flush
+    makes them durable before a commit (answers take `AnswerProducer`). Messages buffered after the flush
     began are not waited for, so a commit under steady load does not wait for a buffer that never empties.
     """
 
@@ -243,119 +251,139 @@ class DrainingProducerBuffer(ProducerBuffer):
         )
 
 
-def by_partition(records: Iterable[Record], partitions: Sequence[int]) -> dict[int, list[Record]]:
-    """Records grouped by the partition their key hashes to, in order: murmur2, as the Kafka clients'
-    default partitioner (so a user's answers land where a Java or librdkafka producer would put them)."""
-    partitioner = DefaultPartitioner()
-    of_key: dict[bytes, int] = {}  # a user with several events in a micro-batch is hashed once
-    grouped: defaultdict[int, list[Record]] = defaultdict(list)
-    for key, value in records:
-        partition = of_key.get(key)
-        if partition is None:
-            partition = of_key[key] = partitioner(key, partitions, partitions)
-        grouped[partition].append((key, value))
-    return grouped
-
-
 def forget_delivered(batches: set[asyncio.Future[Any]]) -> None:
     """Drop the settled batches from `batches`; raise if one of them was not delivered, so that the
-    commit this precedes never passes an answer that is lost."""
+    commit this precedes never passes a record that is lost."""
     settled = {batch for batch in batches if batch.done()}
     batches -= settled
     for batch in settled:
         if batch.cancelled() or batch.exception() is not None:
-            raise RuntimeError("a batch of answers was not delivered") from (
+            raise RuntimeError("a batch of records was not delivered") from (
                 None if batch.cancelled() else batch.exception()
             )
 
 
-class AnswerOutbox(Service):
-    """Micro-batches of answers on their way to the Kafka client, handed over in order by one task.
+class BatchDelivery:
+    """What the Kafka client has reported of one micro-batch of answers: librdkafka calls `settle` once per
+    record (from `poll` or `flush`), with the error if the record could not be delivered."""
 
-    aiokafka sends one request per broker at a time and queues one record batch per partition behind it,
-    so handing answers over waits for the previous request's round trip: under load, up to a third of
-    the agent's cycle. Queued here instead, they are handed over while the agent answers the next micro-batch.
-    At most `max_waiting` batches wait; then `put` waits (backpressure). `drain`, which runs before every
-    commit, waits for every batch put before it (not for later ones: under load the outbox never empties)
-    and raises if one failed, so commits still cover handed-over answers only.
+    __slots__ = ("error", "unsettled")
+
+    def __init__(self, records: int) -> None:
+        self.unsettled = records
+        self.error: KafkaError | None = None
+
+    def settle(self, error: KafkaError | None, _message: object) -> None:
+        self.unsettled -= 1
+        if error is not None and self.error is None:
+            self.error = error
+
+
+class AnswerProducer(Service):
+    """Answers to the output topic through librdkafka (confluent-kafka) instead of aiokafka.
+
+    An answer is ~9 KB and every answered event gets one, so handing answers to Kafka is the worker's
+    largest I/O. aiokafka builds record batches and runs its sender in Python on the event loop, which
+    also runs the model: 27-30 ms of the loop's time per 1,000 answers. librdkafka batches, compresses and
+    sends from its own C threads; the loop only copies each record into its queue (6-8 ms per 1,000;
+    process CPU 11-12 ms instead of 27-28, BENCHMARKS). Its default partitioner for keyed records
+    (`murmur2_random`) is the Java client's, so a user's answers land where they did before.
+
+    `put` queues a micro-batch and returns; `drain`, run before every commit, waits until every record put
+    before it is delivered (not for later ones: under load the queue never empties) and raises if one was
+    not, so a commit covers delivered answers only; after a failure `put` raises too, which stops the agent
+    and with it the worker, to restart from its last commit. A full librdkafka queue holds `put` back.
     """
 
-    def __init__(
-        self, send: Callable[[str, Sequence[Record]], Awaitable[None]], max_waiting: int, **kwargs: Any
-    ) -> None:
+    def __init__(self, options: Mapping[str, Any], stop_flush_s: float = STOP_FLUSH_S, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.send = send
-        self.waiting: asyncio.Queue[tuple[str, Sequence[Record]]] = asyncio.Queue(maxsize=max_waiting)
-        self.put_count = 0
-        self.handed_over = 0  # of the batches put (in order)
-        self.progress = asyncio.Event()  # set after each hand-over
-        self.failure: BaseException | None = None
+        self.options = ANSWER_CLIENT_DEFAULTS | dict(options)
+        self.stop_flush_s = stop_flush_s
+        self.client: confluent_kafka.Producer | None = None  # made on start: it starts librdkafka's threads
+        self.unsettled: deque[BatchDelivery] = deque()  # in the order put
+        self.failure: KafkaError | None = None
+
+    async def on_start(self) -> None:
+        self.client = confluent_kafka.Producer(self.options)
 
     async def put(self, topic: str, records: Sequence[Record]) -> None:
         self._raise_failure()
-        await self.waiting.put((topic, records))
-        self.put_count += 1
-
-    @Service.task
-    async def _hand_over(self) -> None:
-        while not self.should_stop:
-            topic, records = await self.waiting.get()
-            try:
-                await self.send(topic, records)
-            except Exception as error:  # the next put and every drain raise: no commit passes this batch
-                log.exception("a batch of %d answers could not be handed to the Kafka client", len(records))
-                self.failure = error
-            self.handed_over += 1
-            self.progress.set()
+        if not records:
+            return
+        client = self._live_client()
+        delivery = BatchDelivery(len(records))
+        self.unsettled.append(delivery)
+        for key, value in records:
+            while True:
+                try:
+                    client.produce(topic, value, key, on_delivery=delivery.settle)
+                    break
+                except BufferError:  # the client's queue is full: backpressure until deliveries free it
+                    await self._settle_some()
+        client.poll(0)  # run the delivery reports that have arrived
+        self._forget_settled()
 
     async def drain(self) -> None:
-        await wait_for_hand_overs(
-            self, lambda: self.handed_over, self.put_count, self.progress, "batches waiting"
-        )
+        put_before = list(self.unsettled)
+        while any(delivery.unsettled for delivery in put_before):
+            await self._settle_some()
+        self._forget_settled()
         self._raise_failure()
+
+    async def on_stop(self) -> None:
+        if self.client is not None:
+            left = await asyncio.to_thread(self.client.flush, self.stop_flush_s)
+            if left:
+                log.warning("%d answers were still undelivered when the worker stopped", left)
+            self.client = None  # its threads end with it, rather than reconnecting to a stopped broker
+
+    def _live_client(self) -> confluent_kafka.Producer:
+        if self.client is None:
+            raise RuntimeError(f"{type(self).__name__} is not started")
+        return self.client
+
+    async def _settle_some(self) -> None:
+        self._live_client().poll(0)
+        if self.should_stop:
+            raise RuntimeError(f"{type(self).__name__} stopped with answers undelivered")
+        await asyncio.sleep(SETTLE_POLL_S)
+
+    def _forget_settled(self) -> None:
+        while self.unsettled and not self.unsettled[0].unsettled:
+            delivery = self.unsettled.popleft()
+            if delivery.error is not None and self.failure is None:
+                log.error("answers could not be delivered: %s", delivery.error)
+                self.failure = delivery.error
 
     def _raise_failure(self) -> None:
         if self.failure is not None:
-            raise RuntimeError("answers could not be handed to the Kafka client") from self.failure
+            raise RuntimeError(f"answers could not be delivered: {self.failure}")
 
 
 class DrainingProducer(faust_aiokafka.Producer):
-    """Faust's producer with the draining buffer, and an outbox of record batches for the answers.
-
-    Faust hands messages to the Kafka client one at a time (a buffer entry, a client call, a delivery
-    future and sensor callbacks each): about a fifth of the worker's time when every event gets a 9 KB
-    answer. `send_batches` builds the client's record batches directly, one call per partition; the
-    agent queues them in `outbox`.
-    """
+    """Faust's producer with the draining buffer, record batches for the state's tombstones, and the
+    answers' own librdkafka producer (`answers`), drained before every commit like the rest."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.buffer = DrainingProducerBuffer(loop=self.loop, beacon=self.beacon)
         self.buffer.app = self.app
         self.batches_in_flight: set[asyncio.Future[Any]] = set()
-        self.outbox = AnswerOutbox(
-            self.send_batches, ANSWER_BATCHES_WAITING, loop=self.loop, beacon=self.beacon
-        )
+        options = cast(BundlecastApp, self.app).answer_client_options
+        self.answers = AnswerProducer(options, loop=self.loop, beacon=self.beacon)
 
     async def on_start(self) -> None:
         await super().on_start()
-        await self.add_runtime_dependency(self.outbox)
-
-    async def send_batches(self, topic: str, records: Sequence[Record]) -> None:
-        """Queue `records` (key, value) with the Kafka client as record batches, one per partition their
-        keys hash to (`send_to_partitions`)."""
-        if not records:
-            return
-        partitions = sorted(await self._ensure_producer().partitions_for(topic))
-        await self.send_to_partitions(topic, by_partition(records, partitions))
+        await self.add_runtime_dependency(self.answers)
 
     async def send_to_partitions(
         self, topic: str, grouped: Mapping[int, Sequence[tuple[bytes, bytes | None]]]
     ) -> None:
         """Queue each partition's records (key, value; None: a tombstone) with the Kafka client as record
-        batches, one per partition (more where the producer's batch size is reached). Returns once they are
-        queued; `flush`, which Faust runs before every commit, waits for their delivery and raises if one
-        failed."""
+        batches, one per partition (more where the producer's batch size is reached): Faust hands messages
+        over one at a time (a buffer entry, a client call, a delivery future and sensor callbacks each).
+        Returns once they are queued; `flush`, which Faust runs before every commit, waits for their
+        delivery and raises if one failed."""
         client = self._ensure_producer()
         for partition, partition_records in grouped.items():
             batch = client.create_batch()
@@ -367,7 +395,7 @@ class DrainingProducer(faust_aiokafka.Producer):
             self.batches_in_flight.add(await client.send_batch(batch, topic, partition=partition))
 
     async def flush(self) -> None:
-        await self.outbox.drain()
+        await self.answers.drain()
         await super().flush()  # the buffer, then the client: every batch queued before is now settled
         forget_delivered(self.batches_in_flight)
 
@@ -403,10 +431,16 @@ class BundlecastApp(faust.App):
     been suspended (`ResumeOnceFlowControl`)."""
 
     def __init__(
-        self, *args: Any, fetch_max_wait_ms: int, prefetch_backoff_ms: float, **options: Any
+        self,
+        *args: Any,
+        fetch_max_wait_ms: int,
+        prefetch_backoff_ms: float,
+        answer_client_options: Mapping[str, Any],
+        **options: Any,
     ) -> None:
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self.prefetch_backoff_ms = prefetch_backoff_ms
+        self.answer_client_options = answer_client_options
         super().__init__(*args, **options)
 
     def _new_transport(self) -> faust_aiokafka.Transport:

@@ -28,6 +28,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer
 from faust.types.streams import StreamT
 from mode import Service
+from mode.services import ServiceCallbacks
 from mode.utils.queues import FlowControlEvent
 
 PINNED = ("faust-streaming", "mode-streaming", "aiokafka")
@@ -85,7 +86,10 @@ RELIANCES = (
     Reliance(ProducerBuffer, "flush", "DrainingProducerBuffer.flush"),
     Reliance(ProducerBuffer, "_send_pending", "DrainingProducerBuffer._send_pending"),
     Reliance(ProducerBuffer, "message_sent", "DrainingProducerBuffer.flush", set_in="__post_init__"),
-    # stream.transport.DrainingProducer: answers as record batches, delivered before every commit.
+    # stream.transport.AnswerProducer: the answers' librdkafka producer, a mode service.
+    Reliance(ServiceCallbacks, "on_start", "AnswerProducer.on_start"),
+    Reliance(ServiceCallbacks, "on_stop", "AnswerProducer.on_stop"),
+    # stream.transport.DrainingProducer: tombstones as record batches, everything delivered before a commit.
     Reliance(faust_producer.Producer, "buffer", "DrainingProducer.__init__", set_in="__init__"),
     Reliance(faust_aiokafka.Producer, "on_start", "DrainingProducer.on_start"),
     Reliance(faust_aiokafka.Producer, "flush", "DrainingProducer.flush"),

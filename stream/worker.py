@@ -272,6 +272,7 @@ def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
         settings.app_id,
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
         prefetch_backoff_ms=settings.prefetch_backoff_ms,
+        answer_client_options=settings.answer_client_options(),
         broker=[f"kafka://{host.strip()}" for host in bootstrap.split(",")],
         broker_credentials=_credentials(settings),
         store="rocksdb://",
@@ -428,7 +429,8 @@ def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
             next_offsets[event.message.partition] = event.message.offset + 1
 
     async def publish(outgoing: Sequence[Outgoing]) -> None:
-        """The batch's output messages into the producer's outbox (one record batch per partition)."""
+        """The batch's output messages to the answers' Kafka client, which delivers them from its own
+        threads (`AnswerProducer`)."""
         published = time.monotonic()
         for message in outgoing:
             metrics.END_TO_END_LATENCY.observe(published - message.arrived)
@@ -436,7 +438,7 @@ def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
             for bundle in message.answer.bundles:
                 metrics.BUNDLE_SIZE.observe(len(bundle.items))
         records = [(message.key, message.value) for message in outgoing]
-        await cast(DrainingProducer, app.producer).outbox.put(settings.output_topic, records)
+        await cast(DrainingProducer, app.producer).answers.put(settings.output_topic, records)
         metrics.RECOMMENDATIONS_PUBLISHED.inc(len(outgoing))
 
     # An exception that escapes the agent (only a failed hand-over to Kafka can: everything that depends
@@ -444,8 +446,9 @@ def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
     # default restarts the agent alone, which resumed answering nothing while the process lived on.
     @app.agent(source, supervisor_strategy=CrashingSupervisor)
     async def recommend(stream: faust.StreamT) -> None:
-        """Answer micro-batches. A batch's answers are in the outbox before its events are acked, and Faust
-        flushes the producer (outbox, then client) before it commits, so a commit covers delivered answers."""
+        """Answer micro-batches. A batch's answers are with the answers' client before its events are acked,
+        and Faust flushes the producer (answers, then its own client) before it commits, so a commit covers
+        delivered answers."""
         batches = cast(BatchingStream, stream).take_batches(
             settings.batch_size, settings.batch_linger_s, settings.batch_idle_s, liveness.input_waiting
         )

@@ -1,26 +1,31 @@
 """The Kafka transport of the worker (stream.transport): input fetch timing and seeks on a real broker
-(Tansu), the producer's draining flush, answers as record batches through the outbox, and record delivery
+(Tansu), the producer's draining flush, answers through their librdkafka producer, and record delivery
 without mode's race."""
 
 from __future__ import annotations
 
 import asyncio
 import warnings
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
+import certifi
+import confluent_kafka
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.partitioner import DefaultPartitioner
 from mode import Service
 
-from stream.broker import EmbeddedBroker
+from stream.broker import EmbeddedBroker, free_port
+from stream.config import StreamSettings
 from stream.transport import (
-    AnswerOutbox,
+    ANSWER_CLIENT_DEFAULTS,
+    AnswerProducer,
     BundlecastApp,
     DrainingProducerBuffer,
     InputConsumerThread,
-    by_partition,
     first_turn_then_race,
     forget_delivered,
 )
@@ -34,6 +39,7 @@ async def started_input_thread(
         app_id,
         fetch_max_wait_ms=fetch_max_wait_ms,
         prefetch_backoff_ms=prefetch_backoff_ms,
+        answer_client_options={"bootstrap.servers": broker.bootstrap},
         broker=f"kafka://{broker.bootstrap}",
         web_enabled=False,
     )
@@ -155,17 +161,6 @@ def test_a_producer_flush_waits_for_every_message_buffered_before_it_and_no_late
     asyncio.run(flush_while_buffering())
 
 
-def test_answers_are_grouped_by_the_partition_a_java_producer_picks_for_their_key_in_order() -> None:
-    # murmur2 of these keys in Kafka's own tests (UtilsTest): -973932308, -790332482, 479470107.
-    records = [(b"21", b"1"), (b"foobar", b"2"), (b"abc", b"3"), (b"21", b"4")]
-    grouped = by_partition(records, [0, 1, 2, 3, 4, 5, 6])
-    assert grouped == {
-        (-973932308 & 0x7FFFFFFF) % 7: [(b"21", b"1"), (b"21", b"4")],
-        (-790332482 & 0x7FFFFFFF) % 7: [(b"foobar", b"2")],
-        (479470107 & 0x7FFFFFFF) % 7: [(b"abc", b"3")],
-    }
-
-
 def test_a_flush_forgets_delivered_batches_keeps_pending_ones_and_raises_for_a_lost_one() -> None:
     async def settle() -> None:
         loop = asyncio.get_running_loop()
@@ -243,60 +238,115 @@ def test_a_record_callback_that_fails_at_once_raises_as_in_the_race() -> None:
     asyncio.run(deliver())
 
 
-def test_the_answer_outbox_hands_over_in_order_and_drains_what_was_put_before_the_drain() -> None:
-    """Each hand-over takes a broker round trip here; a drain must wait for every batch put before it
-    (the commit after it covers their events) but not for batches put while it waits."""
-    handed_over: list[str] = []
+async def read_all(broker: EmbeddedBroker, topic: str, count: int) -> list[tuple[int, bytes, bytes]]:
+    """The first `count` records of `topic`: (partition, key, value), in offset order per partition."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    read: list[tuple[int, bytes, bytes]] = []
+    try:
+        while len(read) < count:
+            for tp, messages in (await consumer.getmany(timeout_ms=1000)).items():
+                read.extend((tp.partition, m.key, m.value) for m in messages)
+    finally:
+        await consumer.stop()
+    return read
 
-    async def send(topic: str, records: Any) -> None:
-        await asyncio.sleep(0.05)
-        handed_over.append(records[0][1].decode())
 
-    async def drain_while_putting() -> None:
-        outbox = AnswerOutbox(send, max_waiting=8)
-        await outbox.start()
+def test_answers_are_delivered_before_a_drain_returns_to_the_partition_a_java_producer_picks_in_order(
+    kafka_broker: EmbeddedBroker,
+) -> None:
+    """Every answer put before a drain is on the broker when the drain returns (a commit follows it), on
+    the partition of the Java client's murmur2 partitioner, in the order put for each user."""
+    keys = [b"21", b"foobar", b"abc"] + [f"user-{n}".encode() for n in range(20)]
+    batches = [[(keys[(b * 7 + r) % len(keys)], f"{b}.{r}".encode()) for r in range(30)] for b in range(5)]
+
+    async def put_then_drain() -> list[tuple[int, bytes, bytes]]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap)
+        await admin.start()
+        await admin.create_topics([NewTopic("answers-delivery", 7, 1)])
+        await admin.close()
+        answers = AnswerProducer({"bootstrap.servers": kafka_broker.bootstrap})
+        await answers.start()
         try:
-            for n in range(3):
-                await outbox.put("recommendations", [(b"u", str(n).encode())])
-            draining = asyncio.create_task(outbox.drain())
-            await asyncio.sleep(0.01)
-            for n in range(3, 6):
-                await outbox.put("recommendations", [(b"u", str(n).encode())])
-            await draining
-            assert handed_over == ["0", "1", "2"]
-            await outbox.drain()
-            assert handed_over == ["0", "1", "2", "3", "4", "5"]
+            for batch in batches:
+                await answers.put("answers-delivery", batch)
+            await answers.drain()
+            assert not answers.unsettled
         finally:
-            await outbox.stop()
+            await answers.stop()
+        return await read_all(kafka_broker, "answers-delivery", 150)
 
-    asyncio.run(drain_while_putting())
+    read = asyncio.run(put_then_drain())
+    put = [record for batch in batches for record in batch]
+    assert sorted(read) == sorted(
+        (DefaultPartitioner()(key, list(range(7)), list(range(7))), key, value) for key, value in put
+    )
+    for key in keys:
+        assert [v for _, k, v in read if k == key] == [v for k, v in put if k == key]
 
 
-def test_the_answer_outbox_holds_back_the_agent_when_full_and_fails_drains_after_a_lost_batch() -> None:
-    release = asyncio.Event()
+def unreachable(**options: Any) -> dict[str, Any]:
+    """Client options for a broker that is not there: every record waits, then fails after
+    `message.timeout.ms` if given."""
+    return {"bootstrap.servers": f"127.0.0.1:{free_port()}", **options}
 
-    async def send(topic: str, records: Any) -> None:
-        await release.wait()
-        if records[0][1] == b"lost":
-            raise ConnectionError("broker gone")
 
-    async def fill_then_fail() -> None:
-        outbox = AnswerOutbox(send, max_waiting=1)
-        await outbox.start()
+def test_a_drain_raises_when_an_answer_put_before_it_was_not_delivered_and_so_does_the_next_put() -> None:
+    async def lose_a_batch() -> None:
+        answers = AnswerProducer(unreachable(**{"message.timeout.ms": 50}))
+        await answers.start()
         try:
-            await outbox.put("recommendations", [(b"u", b"lost")])  # taken by the hand-over task
-            await asyncio.sleep(0.01)
-            await outbox.put("recommendations", [(b"u", b"next")])  # waits in the outbox
-            blocked = asyncio.create_task(outbox.put("recommendations", [(b"u", b"third")]))
-            await asyncio.sleep(0.01)
-            assert not blocked.done()  # backpressure: the agent waits for room
-            release.set()
+            await answers.put("recommendations", [(b"u", b"lost")])
+            with pytest.raises(RuntimeError, match="could not be delivered"):
+                await answers.drain()  # no commit may pass the lost answer
+            with pytest.raises(RuntimeError, match="could not be delivered"):
+                await answers.put("recommendations", [(b"u", b"after")])  # nor may the agent go on
+        finally:
+            await answers.stop()
+
+    asyncio.run(lose_a_batch())
+
+
+def test_a_full_client_queue_holds_the_agent_back_and_a_stop_releases_it_with_an_error() -> None:
+    async def fill() -> None:
+        answers = AnswerProducer(unreachable(**{"queue.buffering.max.messages": 2}), stop_flush_s=0.01)
+        await answers.start()
+        blocked = asyncio.create_task(
+            answers.put("recommendations", [(b"u", b"1"), (b"u", b"2"), (b"u", b"3")])
+        )
+        for _ in range(20):  # the put keeps polling for room that the missing broker never makes
+            await asyncio.sleep(0)
+        assert not blocked.done()
+        assert answers.unsettled[0].unsettled == 3
+        await answers.stop()
+        with pytest.raises(RuntimeError, match="stopped with answers undelivered"):
             await blocked
-            with pytest.raises(RuntimeError, match="could not be handed"):
-                await outbox.drain()  # no commit may pass the lost batch
-            with pytest.raises(RuntimeError, match="could not be handed"):
-                await outbox.put("recommendations", [(b"u", b"after")])  # nor may the agent go on
-        finally:
-            await outbox.stop()
 
-    asyncio.run(fill_then_fail())
+    asyncio.run(fill())
+
+
+def test_the_answers_client_connects_and_authenticates_as_the_settings_say() -> None:
+    """The same settings as the aiokafka clients, in librdkafka's names, which librdkafka accepts."""
+    settings = StreamSettings(
+        kafka_bootstrap="kafka-1:9093,kafka-2:9093",
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="bundlecast",
+        kafka_sasl_password="secret",
+        kafka_ssl_cafile=Path(certifi.where()),
+        producer_max_batch_bytes=4096,
+    )
+    options = settings.answer_client_options()
+    assert options == {
+        "bootstrap.servers": "kafka-1:9093,kafka-2:9093",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "bundlecast",
+        "sasl.password": "secret",
+        "ssl.ca.location": certifi.where(),
+        "batch.size": 4096,
+        "client.id": "bundlecast-answers",
+    }
+    confluent_kafka.Producer(options | ANSWER_CLIENT_DEFAULTS)  # raises on a name librdkafka does not know
+    plaintext = StreamSettings(kafka_bootstrap="k:9092").librdkafka_options()
+    assert plaintext == {"bootstrap.servers": "k:9092", "security.protocol": "PLAINTEXT"}

@@ -7,16 +7,16 @@ import sys
 from collections.abc import Sequence
 
 if "worker" in sys.argv:
-    from stream.transport import AnswerOutbox
+    from stream.transport import AnswerProducer
 
-    put = AnswerOutbox.put
+    put = AnswerProducer.put
     failed = False
 
-    async def put_or_fail(self: AnswerOutbox, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
+    async def put_or_fail(self: AnswerProducer, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
         global failed
         if not failed and any(b'"event_id":"handover-fails"' in value for _, value in records):
             failed = True
             raise RuntimeError("injected hand-over failure")
         await put(self, topic, records)
 
-    AnswerOutbox.put = put_or_fail
+    AnswerProducer.put = put_or_fail
