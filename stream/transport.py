@@ -39,7 +39,7 @@ STOP_FLUSH_S = 10.0  # how long a stopping worker waits for its last answers to 
 ANSWER_CLIENT_DEFAULTS: dict[str, Any] = {
     "acks": "all",
     "partitioner": "murmur2_random",  # the Java client's partitioner for keyed records
-    "linger.ms": 1,  # a micro-batch's answers are queued at once: there is little to wait for
+    "linger.ms": 0,  # a micro-batch's answers are queued at once: waiting for more only delays them
     "queue.buffering.max.kbytes": 64 * 1024,  # ~7,000 answers waiting for delivery before `put` waits
 }
 
