@@ -1,11 +1,12 @@
 """The latency floor of the stream's two Kafka hops, with no worker: what `bundlecast bench` would measure
 if answering took no time.
 
-A relay process consumes the input topic and produces one 9 KB message per event to the output topic
-through aiokafka, with the worker's input fetch wait (`BUNDLECAST_FETCH_MAX_WAIT_MS`); the bench's own
-producer and reader (`stream.bench`) offer events at fixed rates and time each from just before it is sent
-to the moment its relayed message is read, as the stream table does. Broker, relay and bench share this
-machine. Prints one JSON line per rate.
+A relay process consumes the input topic through aiokafka with the worker's input fetch wait and prefetch
+backoff (`BUNDLECAST_FETCH_MAX_WAIT_MS`, `BUNDLECAST_PREFETCH_BACKOFF_MS`) and produces one 9 KB message
+per event to the output topic through the worker's answer client (`AnswerProducer`, librdkafka), one `put`
+per fetched batch; the bench's own producer and reader (`stream.bench`) offer events at fixed rates and
+time each from just before it is sent to the moment its relayed message is read, as the stream table does.
+Broker, relay and bench share this machine. Prints one JSON line per rate.
 
     python bench/kafka_hops.py [--rate 200 --rate 500 --rate 1000] [--seconds 10]
 """
@@ -20,13 +21,14 @@ import time
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
 from stream.bench import AnswerClock
 from stream.config import StreamSettings
 from stream.launch import broker_for
 from stream.replay import produce_at_rate
 from stream.topics import ensure_topics
+from stream.transport import AnswerProducer
 
 ANSWER_PAD = "x" * (9 * 1024)  # a complete answer's size
 
@@ -40,17 +42,18 @@ async def relay(settings: StreamSettings) -> None:
         auto_offset_reset="earliest",
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
     )
-    producer = AIOKafkaProducer(
-        **settings.aiokafka_options(), max_batch_size=settings.producer_max_batch_bytes
-    )
+    answers = AnswerProducer(settings.answer_client_options())
     await consumer.start()
-    await producer.start()
+    consumer._fetcher._prefetch_backoff = settings.prefetch_backoff_ms / 1000  # as `InputConsumerThread`
+    await answers.start()
     while True:
         for messages in (await consumer.getmany(timeout_ms=100)).values():
+            records = []
             for message in messages:
                 event = orjson.loads(message.value)
                 answer = {"event_id": event["event_id"], "latency_ms": 0.0, "pad": ANSWER_PAD}
-                await producer.send(settings.output_topic, key=message.key, value=orjson.dumps(answer))
+                records.append((message.key, orjson.dumps(answer)))
+            await answers.put(settings.output_topic, records)
 
 
 def run_relay(settings: StreamSettings) -> None:
