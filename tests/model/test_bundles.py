@@ -4,15 +4,25 @@ from __future__ import annotations
 
 from itertools import combinations
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from model.answers import Query
-from model.bundles import POOL_CACHE_SIZE, assemble, context_for, warm_up
+from model.bundles import (
+    POOL_CACHE_SIZE,
+    BundleContext,
+    _session_relevance,
+    assemble,
+    context_for,
+    warm_up,
+)
 from model.complement.model import SIGNAL_NAMES, ComplementConfig, ComplementModel
 from model.neardup import ProductKinds
 from model.recommender import Recommender
+from model.vocab import ItemVocab
 
 CATALOG = pd.DataFrame(
     {
@@ -209,3 +219,23 @@ def test_assembly_is_pinned(
     bundles = assemble(anchors, complements, kinds, lambda item: RELEVANCE.get(item, 0.0), PRICES, **options)
     assert [bundle.items for bundle in bundles] == [items for items, _ in expected]
     assert [bundle.score for bundle in bundles] == pytest.approx([score for _, score in expected], abs=1e-12)
+
+
+def test_a_pools_relevance_is_each_items_model_score_plus_its_repeat_bonus() -> None:
+    """Pools are scored row by row (`of_rows`); each row must get what `of_item` gives its item: the session
+    vector's score, plus the repeat bonus of an item the session holds, and 0 for one the model lacks."""
+    session_items = ["a", "b", "c", "d"]
+    rec = SimpleNamespace(
+        vocab=ItemVocab(session_items),
+        item_vectors=np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, -1.0]]),
+    )
+    vector = np.array([0.5, 2.0])
+    repeats = {3: 0.25, 1: 1.5}  # rows of "d" and "b", in no particular order
+    complement_items = ["c", "x", "a", "b", "d", "y"]  # the complement model's rows; "x", "y" unknown
+    session_rows = np.array([rec.vocab.get(item) if item in rec.vocab else -1 for item in complement_items])
+    relevance = _session_relevance(rec, BundleContext(None, session_rows), vector, repeats)
+    rows = np.array([4, 1, 0, 3, 3, 5, 2])
+    expected = [relevance.of_item(complement_items[row]) for row in rows]
+    assert relevance.of_rows(rows).tolist() == pytest.approx(expected)
+    assert expected == pytest.approx([-1.0 + 0.25, 0.0, 2.5, 2.0 + 1.5, 2.0 + 1.5, 0.0, 0.5])
+    assert _session_relevance(rec, BundleContext(None, session_rows), vector, {}).of_rows(rows)[3] == 2.0
