@@ -207,23 +207,29 @@ class StreamSettings(BaseSettings):
             context.load_cert_chain(self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
         return context
 
-    def aiokafka_options(self) -> dict[str, Any]:
-        """Connection and security keyword arguments shared by every aiokafka client we create."""
+    def bootstrap_servers(self) -> str:
+        """The configured brokers; a clear error when there are none."""
         if self.kafka_bootstrap is None:
             raise ValueError(
                 "no Kafka broker configured: set BUNDLECAST_KAFKA_BOOTSTRAP or --kafka-bootstrap"
             )
+        return self.kafka_bootstrap
+
+    @property
+    def sasl_password_text(self) -> str | None:
+        return self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+
+    def aiokafka_options(self) -> dict[str, Any]:
+        """Connection and security keyword arguments shared by every aiokafka client we create."""
         options: dict[str, Any] = {
-            "bootstrap_servers": self.kafka_bootstrap,
+            "bootstrap_servers": self.bootstrap_servers(),
             "security_protocol": self.kafka_security_protocol,
         }
         if self.kafka_security_protocol.startswith("SASL"):
             options |= {
                 "sasl_mechanism": self.kafka_sasl_mechanism,
                 "sasl_plain_username": self.kafka_sasl_username,
-                "sasl_plain_password": (
-                    self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
-                ),
+                "sasl_plain_password": self.sasl_password_text,
             }
         if (context := self.ssl_context()) is not None:
             options["ssl_context"] = context
@@ -238,18 +244,17 @@ class StreamSettings(BaseSettings):
         }
 
     def librdkafka_options(self) -> dict[str, Any]:
-        """`aiokafka_options` in librdkafka's names, for the confluent-kafka clients."""
+        """`aiokafka_options` in librdkafka's names, for the confluent-kafka clients (which read the TLS
+        files themselves: no SSL context is built)."""
         options: dict[str, Any] = {
-            "bootstrap.servers": self.aiokafka_options()["bootstrap_servers"],
+            "bootstrap.servers": self.bootstrap_servers(),
             "security.protocol": self.kafka_security_protocol,
         }
         if self.kafka_security_protocol.startswith("SASL"):
             options |= {
                 "sasl.mechanism": self.kafka_sasl_mechanism,
                 "sasl.username": self.kafka_sasl_username,
-                "sasl.password": (
-                    self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
-                ),
+                "sasl.password": self.sasl_password_text,
             }
         if self.kafka_security_protocol.endswith("SSL"):
             files = {

@@ -284,8 +284,8 @@ class AnswerProducer(Service):
 
     An answer is ~9 KB and every answered event gets one, so handing answers to Kafka is the worker's
     largest I/O. aiokafka builds record batches and runs its sender in Python on the event loop, which
-    also runs the model: 27-30 ms of the loop's time per 1,000 answers. librdkafka batches, compresses and
-    sends from its own C threads; the loop only copies each record into its queue (6-8 ms per 1,000;
+    also runs the model: 27-28 ms of the loop's time per 1,000 answers. librdkafka batches and sends
+    from its own C threads; the loop only copies each record into its queue (6-8 ms per 1,000;
     process CPU 11-12 ms instead of 27-28, BENCHMARKS). Its default partitioner for keyed records
     (`murmur2_random`) is the Java client's, so a user's answers land where they did before.
 

@@ -245,10 +245,9 @@ class BatchStates(MutableMapping[str, UserState]):
 def _credentials(settings: StreamSettings) -> faust.types.auth.CredentialsT | None:
     protocol = settings.kafka_security_protocol
     if protocol.startswith("SASL"):
-        password = settings.kafka_sasl_password
         return faust.SASLCredentials(
             username=settings.kafka_sasl_username,
-            password=password.get_secret_value() if password else None,
+            password=settings.sasl_password_text,
             ssl_context=settings.ssl_context(),
             mechanism=settings.kafka_sasl_mechanism,
         )
