@@ -243,11 +243,15 @@ def basket_customers_of(lines: pd.DataFrame) -> list[str | None]:
     return [None if pd.isna(run[0]) else run[0] for run in _runs(lines["invoice"], lines["customer_id"])]
 
 
-def load_online_retail(path: Path, test_weeks: int = 4, valid_weeks: int = 4) -> Dataset:
+def load_online_retail(
+    path: Path, test_weeks: int = 4, valid_weeks: int = 4, test_month: str | None = None
+) -> Dataset:
     """UCI Online Retail as customer purchase sequences with a temporal split.
 
     Periods: the last `test_weeks` weeks (counted back from midnight after the last invoice) are
-    test, the `valid_weeks` before are validation, everything earlier is training. `train` holds one
+    test, the `valid_weeks` before are validation, everything earlier is training. With `test_month`
+    (YYYY-MM) the data ends with that month, which is the test period, as if nothing later had happened:
+    one fold of a rolling-origin evaluation (`bench/item_folds.py`). `train` holds one
     session per customer with their training-period purchases in order (invoice time, then line
     order); `baskets` are the training-period invoices (anonymous ones too) with their customers in
     `basket_customers`, `test_baskets` the test-period ones, each as distinct items.
@@ -259,8 +263,13 @@ def load_online_retail(path: Path, test_weeks: int = 4, valid_weeks: int = 4) ->
     a different, easier task than discovering the next product.
     """
     lines = read_online_retail(path)
-    end = lines["ts"].max().normalize() + pd.Timedelta(days=1)
-    test_start = end - pd.Timedelta(weeks=test_weeks)
+    if test_month is None:
+        end = lines["ts"].max().normalize() + pd.Timedelta(days=1)
+        test_start = end - pd.Timedelta(weeks=test_weeks)
+    else:
+        month = pd.Period(test_month, "M")
+        test_start, end = month.start_time, (month + 1).start_time
+        lines = lines[lines["ts"] < end]
     valid_start = test_start - pd.Timedelta(weeks=valid_weeks)
     train_lines = lines[lines["ts"] < valid_start]
     customers = lines[lines["customer_id"].notna()]
