@@ -284,6 +284,38 @@ def test_online_retail_temporal_split_and_cases(tmp_path: Path) -> None:
     }
 
 
+def test_online_retail_test_month_is_a_rolling_origin(tmp_path: Path) -> None:
+    # The data ends with January 2011 (the test period); validation is the week before it; February's
+    # invoice is as if it had not happened yet.
+    path = retail_csv(
+        tmp_path / "retail.csv",
+        [
+            "1001,10001,A,1,2010-12-01 10:00:00,1.0,100.0,UK",
+            "1001,10002,B,1,2010-12-01 10:00:00,1.0,100.0,UK",
+            "1002,10003,C,1,2010-12-02 10:00:00,1.0,200.0,UK",
+            "1003,10003,C,1,2010-12-28 10:00:00,1.0,100.0,UK",
+            "1004,10001,A,1,2011-01-10 10:00:00,1.0,200.0,UK",
+            "1004,10004,D,1,2011-01-10 10:00:00,1.0,200.0,UK",
+            "1005,10002,B,1,2011-02-03 10:00:00,1.0,200.0,UK",
+            "1005,10005,E,1,2011-02-03 10:00:00,1.0,200.0,UK",
+        ],
+    )
+    held_out = load_online_retail(path, valid_weeks=1, test_month="2011-01")
+    assert held_out.train == [
+        Session(("10001", "10002"), ("purchase",) * 2),
+        Session(("10003",), ("purchase",)),
+    ]
+    assert held_out.valid == [Case(("10001", "10002"), ("purchase",) * 2, "10003")]
+    # Customer 200 bought C before: A is new and known to train, D is unknown to train, B comes later.
+    assert held_out.test == [Case(("10003",), ("purchase",), "10001")]
+    assert held_out.test_baskets == [("10001", "10004")]
+    assert held_out.catalog is not None and "10005" not in set(held_out.catalog["item_id"])
+
+    full = load_online_retail(path, valid_weeks=0, test_month="2011-01")
+    assert full.train[0] == Session(("10001", "10002", "10003"), ("purchase",) * 3)
+    assert (full.valid, full.test) == ([], held_out.test)
+
+
 def test_online_retail_sample_split_is_leak_free_and_deterministic() -> None:
     path = SAMPLES_DIR / "online_retail_sample.csv.gz"
     dataset = load_online_retail(path)
