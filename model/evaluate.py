@@ -33,7 +33,8 @@ class Scorer(Protocol):
     def fit(self, train: Sequence[Session], vocab: ItemVocab) -> None: ...
 
     def score(self, cases: Sequence[Case]) -> np.ndarray:
-        """float32 (len(cases), len(vocab)); higher is better; every item of the vocabulary is ranked."""
+        """A new float32 (len(cases), len(vocab)) array (`evaluate` masks it in place); higher is better;
+        every item of the vocabulary is ranked."""
         ...
 
 
@@ -107,6 +108,18 @@ def target_indices(cases: Sequence[Case], vocab: ItemVocab) -> np.ndarray:
     )
 
 
+def purchased_entries(cases: Sequence[Case], vocab: ItemVocab) -> tuple[np.ndarray, np.ndarray]:
+    """(case row, vocabulary index) of every known item each case's prefix purchased."""
+    pairs = [
+        (row, index)
+        for row, case in enumerate(cases)
+        for item, kind in zip(case.prefix, case.prefix_types, strict=True)
+        if kind == "purchase" and (index := vocab.get(item)) is not None
+    ]
+    rows, columns = zip(*pairs, strict=True) if pairs else ((), ())
+    return np.array(rows, dtype=np.int64), np.array(columns, dtype=np.int64)
+
+
 def evaluate(
     scorers: Sequence[Scorer],
     train: Sequence[Session],
@@ -119,7 +132,10 @@ def evaluate(
     """Fit each scorer on `train` (unless wrapped in `Prefitted`) and rank every case's target.
 
     A case whose target is not in `vocab` cannot be recommended and counts as a miss at every K; the
-    number of such cases is reported as `n_unknown_targets`. Novelty uses item shares in `train`.
+    number of such cases is reported as `n_unknown_targets`. Novelty uses item shares in `train`. Every
+    method's ranking leaves out what the case's user bought (its prefix's purchases), as the stream's
+    answers do (they never offer a user what they bought): a ranked slot the product would never show
+    measures nothing.
     """
     if not cases:
         raise ValueError("no cases to evaluate")
@@ -137,6 +153,7 @@ def evaluate(
             batch = cases[start : start + batch_size]
             scores = scorer.score(batch)
             _check_scores(scorer.name, scores, len(batch), len(vocab))
+            scores[purchased_entries(batch, vocab)] = -np.inf
             accumulator.update(scores, targets[start : start + batch_size])
         results.append(
             MethodResult(

@@ -66,6 +66,20 @@ def test_oracle_is_perfect_except_on_the_unknown_target():
     assert result.metrics["coverage@1"] == pytest.approx(3 / 5)
 
 
+def test_what_the_user_bought_is_ranked_by_no_method_but_what_they_viewed_is():
+    class CFirst(Oracle):  # c, then a, then the rest, for every case
+        def score(self, cases: Sequence[Case]) -> np.ndarray:
+            scores = np.zeros((len(cases), len(VOCAB)), dtype=np.float32)
+            scores[:, VOCAB.encode(["c", "a"])] = [2.0, 1.0]
+            return scores
+
+    # The first user bought c, so their target a is first; the second only viewed c, so a is second.
+    cases = [Case(("c", "d"), ("purchase", "view"), "a"), Case(("c",), ("view",), "a")]
+    (result,) = evaluate([CFirst({})], TRAIN, cases, VOCAB, ks=(1, 2), progress=False)
+    assert result.metrics["HR@1"] == pytest.approx(1 / 2)
+    assert result.metrics["MRR@2"] == pytest.approx((1 + 1 / 2) / 2)
+
+
 def test_prefitted_scorer_is_not_fitted_again_and_reports_the_given_cost():
     oracle = Oracle({})
     (result,) = evaluate(
