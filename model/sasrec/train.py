@@ -22,7 +22,6 @@ from scipy.sparse.linalg import svds
 from tqdm.auto import tqdm
 
 from model.data import Case, Dataset, Session
-from model.evaluate import purchased_entries
 from model.metrics import UNKNOWN_TARGET, boosted_target_ranks
 from model.sasrec.encode import encode_history, encode_sessions, left_pad
 from model.sasrec.model import PAD, SASRec, SASRecConfig, session_model
@@ -173,9 +172,8 @@ def validation_scores(
     repeat_scales: Sequence[float] = (1.0,),
 ) -> dict[float, dict[str, float]]:
     """Full-ranking HR@20 / MRR@20 over all items for each repeat-bonus weight; cases with unknown targets
-    count as misses, and what a case's user bought is not ranked (as in `model.evaluate`). A weight moves
-    only the scores of each case's own session items, so the product with the item table is computed once
-    per chunk of cases and every weight re-ranks against it."""
+    count as misses. A weight moves only the scores of each case's own session items, so the product with
+    the item table is computed once per chunk of cases and every weight re-ranks against it."""
     encoded = encode_sessions(model, [encode_history(c.prefix, c.prefix_types, vocab) for c in cases], device)
     targets = np.array([UNKNOWN_TARGET if (i := vocab.get(c.target)) is None else i for c in cases])
     items = model.item_vectors().cpu().numpy()
@@ -183,7 +181,6 @@ def validation_scores(
     for start in range(0, len(cases), 2048):
         chunk = encoded[start : start + 2048]
         similarity = chunk.vectors @ items.T
-        similarity[purchased_entries(cases[start : start + 2048], vocab)] = -np.inf
         rows, columns, bonuses = chunk.repeat_entries()
         for scale in repeat_scales:
             ranks[scale].append(
