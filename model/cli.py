@@ -116,7 +116,8 @@ def evaluate_command(
     split: Split = typer.Option(Split.test, help="Cases to report on (tune on valid, report test)."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON to stdout."),
 ) -> None:
-    """Full-ranking evaluation (no sampled negatives) of the baselines and the model, side by side.
+    """Full-ranking evaluation (no sampled negatives) of the baselines and the model, side by side; what
+    each case's user bought is not ranked, as the stream never offers it.
 
     On `--split test` every method is fit on all training data (validation folded in), as `train --refit`
     does for the model; on `--split valid` on the training part only, and a refit model is refused there
