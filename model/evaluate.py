@@ -143,17 +143,18 @@ def evaluate(
         raise ValueError("batch_size must be >= 1")
     targets = target_indices(cases, vocab)
     counts = item_counts(encode_sessions([s.items for s in train], vocab), len(vocab))
+    batches = range(0, len(cases), batch_size)
+    bought = {start: purchased_entries(cases[start : start + batch_size], vocab) for start in batches}
     results = []
     for scorer in scorers:
         fit_seconds, peak_mib, growth_mib = _fit(scorer, train, vocab)
         accumulator = RankingAccumulator(counts, ks)
         started = time.perf_counter()
-        batches = range(0, len(cases), batch_size)
         for start in tqdm(batches, desc=f"scoring {scorer.name}", unit="batch", disable=not progress):
             batch = cases[start : start + batch_size]
             scores = scorer.score(batch)
             _check_scores(scorer.name, scores, len(batch), len(vocab))
-            scores[purchased_entries(batch, vocab)] = -np.inf
+            scores[bought[start]] = -np.inf
             accumulator.update(scores, targets[start : start + batch_size])
         results.append(
             MethodResult(
