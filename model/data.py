@@ -37,6 +37,9 @@ class Session:
 
     items: tuple[str, ...]
     types: tuple[str, ...]
+    # Purchase histories only: per event, a product the user first bought in their next basket (None: no
+    # new product). Training predicts it beside the next event (model.sasrec.train.training_windows).
+    next_basket: tuple[str | None, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -275,8 +278,12 @@ def load_online_retail(
     customers = lines[lines["customer_id"].notna()]
     by_customer = train_lines.dropna(subset=["customer_id"]).sort_values("customer_id", kind="stable")
     train = [
-        Session(items, ("purchase",) * len(items))
-        for items in _runs(by_customer["customer_id"], by_customer["item_id"])
+        Session(items, ("purchase",) * len(items), _next_basket_products(items, invoices))
+        for items, invoices in zip(
+            _runs(by_customer["customer_id"], by_customer["item_id"]),
+            _runs(by_customer["customer_id"], by_customer["invoice"]),
+            strict=True,
+        )
     ]
     known = {item for session in train for item in session.items}
     valid, test = _purchase_cases(customers, known, bounds=(valid_start, test_start, end))
@@ -290,6 +297,25 @@ def load_online_retail(
         basket_customers=basket_customers_of(train_lines),
         test_baskets=baskets_of(lines[lines["ts"] >= test_start]),
     )
+
+
+def _next_basket_products(items: Sequence[str], invoices: Sequence[str]) -> tuple[str | None, ...]:
+    """Session.next_basket for one customer's purchase lines: the lines of each invoice take the products
+    of the next invoice that the customer had never bought, in turn, so each of them is taught.
+
+    Evaluation asks for exactly those (`_purchase_cases`), while the next line of an invoice is mostly more
+    of the same basket; a history's last invoice has no next one (None).
+    """
+    baskets = [
+        [item for _, item in lines] for _, lines in groupby(zip(invoices, items, strict=True), itemgetter(0))
+    ]
+    bought: set[str] = set()
+    products: list[str | None] = []
+    for basket, following in zip(baskets, [*baskets[1:], []], strict=True):
+        bought.update(basket)
+        new = [item for item in following if item not in bought]
+        products += [new[line % len(new)] if new else None for line in range(len(basket))]
+    return tuple(products)
 
 
 def _purchase_cases(

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -52,7 +53,7 @@ class TrainConfig:
 
 
 def cooccurrence_embeddings(
-    windows: Sequence[tuple[list[int], list[int]]], n_items: int, dim: int, window: int = 3
+    windows: Sequence[Window], n_items: int, dim: int, window: int = 3
 ) -> torch.Tensor:
     """Unit item vectors from a truncated SVD of the log co-occurrence of items a few events apart.
 
@@ -60,7 +61,7 @@ def cooccurrence_embeddings(
     epochs on order and intent instead of first discovering which of ~40k items are related.
     """
     rows, cols = [], []
-    for items, _ in windows:
+    for items, _, _ in windows:
         for distance in range(1, window + 1):
             rows += items[:-distance]
             cols += items[distance:]
@@ -88,17 +89,44 @@ def set_seed(seed: int) -> None:
     torch.cuda.manual_seed_all(seed)
 
 
-def training_windows(
-    sessions: Sequence[Session], vocab: ItemVocab, max_len: int
-) -> list[tuple[list[int], list[int]]]:
-    """Sessions cut into windows of max_len + 1 events, so every event of a long history is a target once."""
+class Window(NamedTuple):
+    """A stretch of one session: its events (plus the event after it, as context for the co-occurrence
+    start) and what each of its first len(targets) events predicts (-1: nothing)."""
+
+    items: list[int]
+    types: list[int]
+    targets: list[int]
+
+
+def training_windows(sessions: Sequence[Session], vocab: ItemVocab, max_len: int) -> list[Window]:
+    """Sessions cut into windows of max_len predicting events, so every event of a long history is an input
+    once per objective: every event predicts the next one, and in sessions that know each event's next
+    basket (`Session.next_basket`) a second window over the same events predicts that."""
+    encoded = [(session, *encode_history(session.items, session.types, vocab)) for session in sessions]
+    windows = [
+        window
+        for _, items, types in encoded
+        for window in _cut(items, types, [item - 1 for item in items[1:]], max_len)
+    ]
+    for session, items, types in encoded:
+        if session.next_basket is not None:
+            wanted = (t for t, item in zip(session.next_basket, session.items, strict=True) if item in vocab)
+            targets = [-1 if t is None or (i := vocab.get(t)) is None else i for t in wanted]
+            windows += _cut(items, types, targets, max_len)
+    return windows
+
+
+def _cut(items: list[int], types: list[int], targets: list[int], max_len: int) -> list[Window]:
+    """Windows of up to max_len events with at least one target; the events after the last target are left
+    out, since they teach nothing."""
+    while targets and targets[-1] < 0:
+        targets = targets[:-1]
     windows = []
-    for session in sessions:
-        items, types = encode_history(session.items, session.types, vocab)
-        for start in range(0, max(len(items) - 1, 0), max_len):
-            window = slice(start, start + max_len + 1)
-            if len(items[window]) >= 2:
-                windows.append((items[window], types[window]))
+    for start in range(0, len(targets), max_len):
+        predicted = targets[start : start + max_len]
+        if any(t >= 0 for t in predicted):
+            context = slice(start, start + max_len + 1)
+            windows.append(Window(items[context], types[context], predicted))
     return windows
 
 
@@ -106,30 +134,30 @@ def window_chunks(
     lengths: Sequence[int], batch_size: int, step_targets: int, rng: random.Random
 ) -> list[list[int]]:
     """Window indices grouped into steps of similar length (sessions are short, so padding would
-    dominate), at most `batch_size` windows and `step_targets` predicted events each; shuffled."""
+    dominate), at most `batch_size` windows and `step_targets` predicting events each; shuffled."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], rng.random()))
     chunks: list[list[int]] = [[]]
     targets = 0
     for index in order:
-        if chunks[-1] and (len(chunks[-1]) == batch_size or targets + lengths[index] - 1 > step_targets):
+        if chunks[-1] and (len(chunks[-1]) == batch_size or targets + lengths[index] > step_targets):
             chunks.append([])
             targets = 0
         chunks[-1].append(index)
-        targets += lengths[index] - 1
+        targets += lengths[index]
     rng.shuffle(chunks)
     return chunks
 
 
 def training_batches(
-    windows: Sequence[tuple[list[int], list[int]]], chunks: Sequence[list[int]]
+    windows: Sequence[Window], chunks: Sequence[list[int]]
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """(items, types, targets) tensors per step: left-padded inputs, next-event targets (-1 = none)."""
+    """(items, types, targets) tensors per step: left-padded inputs and their targets (-1 = none)."""
     for chunk in chunks:
         rows = [windows[i] for i in chunk]
-        length = max(len(items) for items, _ in rows) - 1
-        items = left_pad([w[0][:-1] for w in rows], length, PAD)
-        types = left_pad([w[1][:-1] for w in rows], length, PAD)
-        targets = left_pad([[t - 1 for t in w[0][1:]] for w in rows], length, -1)
+        length = max(len(w.targets) for w in rows)
+        items = left_pad([w.items[: len(w.targets)] for w in rows], length, PAD)
+        types = left_pad([w.types[: len(w.targets)] for w in rows], length, PAD)
+        targets = left_pad([w.targets for w in rows], length, -1)
         yield items, types, targets
 
 
@@ -229,7 +257,7 @@ def train(
         model.item_emb.weight[1:] = init * model.item_emb.weight[1:].norm(dim=-1).mean()
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    lengths = [len(items) for items, _ in windows]
+    lengths = [len(w.targets) for w in windows]
     # Chunks follow window lengths, so every epoch has this many steps whatever the shuffle.
     steps_per_epoch = len(
         window_chunks(lengths, config.batch_size, config.step_targets, random.Random(config.seed))
@@ -239,7 +267,7 @@ def train(
         optimizer, lambda step: max(1.0 - step / decay_steps, 0.02) if decay_steps else 1.0
     )
     target_counts = torch.bincount(
-        torch.tensor([t - 1 for items, _ in windows for t in items[1:]], dtype=torch.long),
+        torch.tensor([t for w in windows for t in w.targets if t >= 0], dtype=torch.long),
         minlength=len(vocab),
     )
     item_share = (target_counts / target_counts.sum().clamp(min=1)).to(device)

@@ -261,8 +261,8 @@ def test_online_retail_temporal_split_and_cases(tmp_path: Path) -> None:
     )
     dataset = load_online_retail(path, test_weeks=1, valid_weeks=1)
     assert dataset.train == [
-        Session(("10001", "10002"), ("purchase",) * 2),
-        Session(("10003",), ("purchase",)),
+        Session(("10001", "10002"), ("purchase",) * 2, (None, None)),
+        Session(("10003",), ("purchase",), (None,)),
     ]
     assert dataset.baskets == [("10001", "10002"), ("10003", "10002"), ("10003",)]
     assert dataset.basket_customers == ["100", None, "200"]  # 1002 is anonymous
@@ -302,8 +302,8 @@ def test_online_retail_test_month_is_a_rolling_origin(tmp_path: Path) -> None:
     )
     held_out = load_online_retail(path, valid_weeks=1, test_month="2011-01")
     assert held_out.train == [
-        Session(("10001", "10002"), ("purchase",) * 2),
-        Session(("10003",), ("purchase",)),
+        Session(("10001", "10002"), ("purchase",) * 2, (None, None)),
+        Session(("10003",), ("purchase",), (None,)),
     ]
     assert held_out.valid == [Case(("10001", "10002"), ("purchase",) * 2, "10003")]
     # Customer 200 bought C before: A is new and known to train, D is unknown to train, B comes later.
@@ -312,8 +312,29 @@ def test_online_retail_test_month_is_a_rolling_origin(tmp_path: Path) -> None:
     assert held_out.catalog is not None and "10005" not in set(held_out.catalog["item_id"])
 
     full = load_online_retail(path, valid_weeks=0, test_month="2011-01")
-    assert full.train[0] == Session(("10001", "10002", "10003"), ("purchase",) * 3)
+    assert full.train[0] == Session(("10001", "10002", "10003"), ("purchase",) * 3, ("10003", "10003", None))
     assert (full.valid, full.test) == ([], held_out.test)
+
+
+def test_online_retail_lines_know_the_new_products_of_the_next_basket(tmp_path: Path) -> None:
+    path = retail_csv(
+        tmp_path / "retail.csv",
+        [
+            "1001,10001,A,1,2011-01-03 10:00:00,1.0,100.0,UK",
+            "1001,10002,B,1,2011-01-03 10:00:00,1.0,100.0,UK",
+            "1001,10003,C,1,2011-01-03 10:00:00,1.0,100.0,UK",
+            "1002,10002,B,1,2011-01-04 10:00:00,1.0,100.0,UK",
+            "1002,10004,D,1,2011-01-04 10:00:00,1.0,100.0,UK",
+            "1002,10005,E,1,2011-01-04 10:00:00,1.0,100.0,UK",
+            "1003,10001,A,1,2011-01-05 10:00:00,1.0,100.0,UK",
+            "1003,10006,F,1,2011-01-05 10:00:00,1.0,100.0,UK",
+            "1004,10001,A,1,2011-01-31 10:00:00,1.0,200.0,UK",
+        ],
+    )
+    (session,) = load_online_retail(path, test_weeks=1, valid_weeks=1).train
+    # 1001's lines take 1002's new products in turn (B is a re-order); 1002's take F (A is a re-order);
+    # the last basket has no next one.
+    assert session.next_basket == ("10004", "10005", "10004", "10006", "10006", "10006", None, None)
 
 
 def test_online_retail_sample_split_is_leak_free_and_deterministic() -> None:

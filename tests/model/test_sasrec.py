@@ -13,6 +13,7 @@ from model.sasrec.encode import SharedRows, encode_sessions, encode_without_one,
 from model.sasrec.model import PAD, SASRec, SASRecConfig, SASRecEnsemble, SoftmaxCrossEntropy, session_model
 from model.sasrec.train import (
     TrainConfig,
+    Window,
     candidates,
     encode_history,
     train,
@@ -128,34 +129,49 @@ def test_encode_history_drops_unknown_items_and_keeps_types() -> None:
 def test_long_sessions_become_windows_that_cover_every_target() -> None:
     vocab = ItemVocab([str(i) for i in range(30)])
     windows = training_windows([views([str(i) for i in range(25)])], vocab, max_len=10)
-    targets = [t for items, _ in windows for t in items[1:]]
-    assert sorted(targets) == [i + 1 for i in range(1, 25)]
-    assert all(len(items) <= 11 for items, _ in windows)
+    assert sorted(t for window in windows for t in window.targets) == list(range(1, 25))
+    for window in windows:  # each event predicts the one after it, also across a window's end
+        assert len(window.targets) <= 10
+        assert window.targets == [item - 1 for item in window.items[1 : len(window.targets) + 1]]
+
+
+def test_purchase_histories_also_predict_the_next_baskets_new_products() -> None:
+    vocab = ItemVocab(["a", "b", "c", "d"])
+    session = Session(
+        items=("a", "zzz", "b", "c", "d"),
+        types=("purchase",) * 5,
+        next_basket=("c", "d", "zzz", "d", None),  # zzz's own line is dropped; an unknown target is none
+    )
+    next_event, next_basket = training_windows([session], vocab, max_len=10)
+    assert next_event == Window([1, 2, 3, 4], [4] * 4, [1, 2, 3])
+    # The last line has no next basket, so the window ends before it.
+    assert next_basket == Window([1, 2, 3, 4], [4] * 4, [2, -1, 3])
+    assert training_windows([Session(("a", "b"), ("purchase",) * 2, (None, None))], vocab, 10) == [
+        Window([1, 2], [4, 4], [1])
+    ]
 
 
 def test_batches_hold_every_window_once_with_aligned_targets() -> None:
-    windows = [([1, 2, 3], [1, 1, 1]), ([4, 5], [1, 1]), ([6, 7, 8, 9], [1, 1, 1, 1])]
+    windows = [
+        Window([1, 2, 3], [1, 1, 1], [1, 2]),
+        Window([4, 5], [1, 1], [4]),
+        Window([6, 7, 8, 9], [1, 1, 1, 1], [6, -1, 8]),
+    ]
     seen = []
-    chunks = window_chunks([len(items) for items, _ in windows], 2, 100, random.Random(0))
+    chunks = window_chunks([len(w.targets) for w in windows], 2, 100, random.Random(0))
     for items, _, targets in training_batches(windows, chunks):
         for row_items, row_targets in zip(items.tolist(), targets.tolist(), strict=True):
-            pairs = [(i, t) for i, t in zip(row_items, row_targets, strict=True) if i != PAD]
-            seen.append(pairs)
-            assert all(
-                t == nxt - 1
-                for (_, t), (nxt, _) in zip(pairs, [*pairs[1:], (0, 0)], strict=False)
-                if t >= 0 and nxt
-            )
-    assert sorted(len(p) for p in seen) == [1, 2, 3]
+            seen.append([(i, t) for i, t in zip(row_items, row_targets, strict=True) if i != PAD])
+    assert sorted(seen) == [[(1, 1), (2, 2)], [(4, 4)], [(6, 6), (7, -1), (8, 8)]]
 
 
 def test_steps_are_capped_by_predicted_events_and_windows() -> None:
-    lengths = [2] * 8 + [11] * 6  # 1 and 10 predicted events per window
+    lengths = [1] * 8 + [10] * 6  # predicted events per window
     chunks = window_chunks(lengths, batch_size=4, step_targets=25, rng=random.Random(0))
     assert sorted(i for chunk in chunks for i in chunk) == list(range(14))
     assert all(len(chunk) <= 4 for chunk in chunks)
-    assert all(sum(lengths[i] - 1 for i in chunk) <= 25 for chunk in chunks)
-    assert sorted(len(chunk) for chunk in chunks if lengths[chunk[0]] == 11) == [2, 2, 2]
+    assert all(sum(lengths[i] for i in chunk) <= 25 for chunk in chunks)
+    assert sorted(len(chunk) for chunk in chunks if lengths[chunk[0]] == 10) == [2, 2, 2]
 
 
 def test_a_window_longer_than_the_cap_still_gets_a_step() -> None:
@@ -232,7 +248,7 @@ def test_cooccurrence_init_places_items_of_the_same_sessions_together() -> None:
     from model.sasrec.train import cooccurrence_embeddings
 
     # Two disjoint groups of items that only ever appear with each other.
-    windows = [([1, 2, 3, 1, 2], [1] * 5), ([4, 5, 6, 4, 5], [1] * 5)] * 20
+    windows = [Window([1, 2, 3, 1, 2], [1] * 5, []), Window([4, 5, 6, 4, 5], [1] * 5, [])] * 20
     vectors = cooccurrence_embeddings(windows, n_items=6, dim=2, window=2)
     similarity = vectors @ vectors.T
     within = similarity[0, 1]
