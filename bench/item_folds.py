@@ -6,9 +6,9 @@ before it) and ranked side by side with the baselines, all fit on everything bef
     COLUMNS=160 python bench/item_folds.py     # every month from February to October 2011
 
 Prints each fold's table, then per method the mean and the worst fold of HR@20 and MRR@20 (`--json`: every
-figure as well). No setting was tuned on this dataset (the `train` defaults are RetailRocket's), so every
-fold is untouched by tuning. `--set` overrides a `SASRecConfig` or `TrainConfig` field (for a quick look;
-the report uses none).
+figure as well). The `train` defaults are RetailRocket's, except the next-basket objective, which was chosen
+on February-April: May-October are untouched by tuning. `--set` overrides a `SASRecConfig` or `TrainConfig`
+field (for a quick look; the report uses none).
 """
 
 from __future__ import annotations
