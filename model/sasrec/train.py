@@ -90,8 +90,8 @@ def set_seed(seed: int) -> None:
 
 
 class Window(NamedTuple):
-    """A stretch of one session: its events (plus the event after it, as context for the co-occurrence
-    start) and what each of its first len(targets) events predicts (-1: nothing)."""
+    """A stretch of one session: its events, plus the one after them that `cooccurrence_embeddings` reads
+    too, and what each of the first len(targets) events predicts (-1: nothing)."""
 
     items: list[int]
     types: list[int]
