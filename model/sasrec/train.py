@@ -119,8 +119,8 @@ def training_windows(sessions: Sequence[Session], vocab: ItemVocab, max_len: int
 def _cut(items: list[int], types: list[int], targets: list[int], max_len: int) -> list[Window]:
     """Windows of up to max_len events with at least one target; the events after the last target are left
     out, since they teach nothing."""
-    while targets and targets[-1] < 0:
-        targets = targets[:-1]
+    last = next((i for i in range(len(targets) - 1, -1, -1) if targets[i] >= 0), -1)
+    targets = targets[: last + 1]
     windows = []
     for start in range(0, len(targets), max_len):
         predicted = targets[start : start + max_len]
