@@ -36,7 +36,9 @@ METRICS = ("HR@20", "MRR@20")
 
 def without_baskets(dataset: Dataset) -> Dataset:
     """The dataset minus its invoices, so that the artifact skips the complement model (not ranked here)."""
-    return dataclasses.replace(dataset, baskets=[], basket_customers=[], test_baskets=[])
+    return dataclasses.replace(
+        dataset, baskets=[], basket_customers=[], test_baskets=[], all_baskets=[], all_basket_customers=[]
+    )
 
 
 def fold(path: Path, month: str, model_config: SASRecConfig, config: TrainConfig) -> list[MethodResult]:

@@ -64,6 +64,12 @@ class Dataset:
     baskets: list[tuple[str, ...]] = field(default_factory=list)  # training-period baskets, if known
     basket_customers: list[str | None] = field(default_factory=list)  # each basket's buyer (None: anonymous)
     test_baskets: list[tuple[str, ...]] = field(default_factory=list)  # test-period baskets, if known
+    # Every basket of the data in time order, the validation and test periods included, and their buyers:
+    # what the shipped complement model learns from. Complement recall is only ever scored by models fitted
+    # afresh on `baskets` (`bundlecast bundles evaluate`), so the shipped one may learn from the test weeks,
+    # the latest and most telling baskets for the weeks it will serve.
+    all_baskets: list[tuple[str, ...]] = field(default_factory=list)
+    all_basket_customers: list[str | None] = field(default_factory=list)
 
 
 def views(items: Sequence[str]) -> Session:
@@ -257,7 +263,8 @@ def load_online_retail(
     one fold of a rolling-origin evaluation (`bench/item_folds.py`). `train` holds one
     session per customer with their training-period purchases in order (invoice time, then line
     order); `baskets` are the training-period invoices (anonymous ones too) with their customers in
-    `basket_customers`, `test_baskets` the test-period ones, each as distinct items.
+    `basket_customers`, `test_baskets` the test-period ones, each as distinct items, and `all_baskets` every
+    invoice of the data (what the shipped complement model is fitted on).
 
     Cases, per customer invoice in a period whose customer has bought before: the prefix is that
     customer's purchases before the invoice (any period, last MAX_PREFIX kept), and each target is an
@@ -296,6 +303,8 @@ def load_online_retail(
         baskets=baskets_of(train_lines),
         basket_customers=basket_customers_of(train_lines),
         test_baskets=baskets_of(lines[lines["ts"] >= test_start]),
+        all_baskets=baskets_of(lines),
+        all_basket_customers=basket_customers_of(lines),
     )
 
 

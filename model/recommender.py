@@ -58,8 +58,8 @@ def write_artifact(
         if dataset.catalog is not None:
             dataset.catalog.to_parquet(scratch / "catalog.parquet", index=False)
         ItemIndex.build(item_vectors).save(scratch / "index")
-        if dataset.baskets:
-            complements = fit_complements(dataset.baskets, dataset.catalog, dataset.basket_customers)
+        if dataset.all_baskets:  # every invoice, test weeks included (see `Dataset.all_baskets`)
+            complements = fit_complements(dataset.all_baskets, dataset.catalog, dataset.all_basket_customers)
             complements.save(scratch / "complement")
     return resolve_version(out_root)
 

@@ -267,6 +267,14 @@ def test_online_retail_temporal_split_and_cases(tmp_path: Path) -> None:
     assert dataset.baskets == [("10001", "10002"), ("10003", "10002"), ("10003",)]
     assert dataset.basket_customers == ["100", None, "200"]  # 1002 is anonymous
     assert dataset.test_baskets == [("10002", "10001"), ("10003", "10002")]
+    # The shipped complement model's baskets: every invoice in time order, validation and test included.
+    assert dataset.all_baskets == [
+        *dataset.baskets,
+        ("10004", "10001", "10003"),
+        ("10002",),
+        *dataset.test_baskets,
+    ]
+    assert dataset.all_basket_customers == ["100", None, "200", "100", "300", "200", "100"]
     # 1004 (validation, customer 100): 10004 is unknown to train, 10001 was bought before -> only 10003.
     # 1005: customer 300 has no history, so no case.
     assert dataset.valid == [Case(("10001", "10002"), ("purchase",) * 2, "10003")]
@@ -309,6 +317,7 @@ def test_online_retail_test_month_is_a_rolling_origin(tmp_path: Path) -> None:
     # Customer 200 bought C before: A is new and known to train, D is unknown to train, B comes later.
     assert held_out.test == [Case(("10003",), ("purchase",), "10001")]
     assert held_out.test_baskets == [("10001", "10004")]
+    assert held_out.all_baskets[-1] == ("10001", "10004")  # nothing after the test month
     assert held_out.catalog is not None and "10005" not in set(held_out.catalog["item_id"])
 
     full = load_online_retail(path, valid_weeks=0, test_month="2011-01")

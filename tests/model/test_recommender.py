@@ -150,6 +150,17 @@ def test_scorer_ranks_the_harness_vocabulary(rec: Recommender, online_retail_sam
     np.testing.assert_allclose(scores[:, 0], expected, rtol=1e-5)
 
 
+def test_the_shipped_complement_model_learns_from_every_invoice(
+    rec: Recommender, online_retail_sample: Dataset
+) -> None:
+    """Test weeks included: the session model is scored on them, the shipped complement model never is."""
+    assert rec.complements is not None
+    assert rec.complements.baskets.shape[0] == len(online_retail_sample.all_baskets)
+    assert len(online_retail_sample.all_baskets) > len(online_retail_sample.baskets)
+    last = next(basket for basket in reversed(online_retail_sample.test_baskets) if len(basket) >= 2)
+    assert rec.complements.evidence(last[0], last[1])[0] >= 1
+
+
 def test_a_failed_write_never_becomes_latest(tmp_path: Path) -> None:
     with new_version(tmp_path) as scratch:
         (scratch / "config.json").write_text("{}")
