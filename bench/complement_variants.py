@@ -24,7 +24,6 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -37,7 +36,7 @@ from model.complement.evaluate import (
     monthly_folds,
 )
 from model.complement.model import ComplementConfig, ComplementModel, incidence
-from model.complement.ranker import FEATURES, RankerConfig, Signals, _pick, _row_softmax
+from model.complement.ranker import RankerConfig, Signals, _pick, _row_softmax, fit_booster
 from model.data import default_data_path, read_online_retail
 
 LABELS = ("recall-share", "capped", "per-invoice", "as-metric")
@@ -90,27 +89,6 @@ def training_sets(
         {k: np.concatenate(v) for k, v in targets.items()},
         {k: np.concatenate(v) for k, v in weights.items()},
     )
-
-
-def booster(
-    features: np.ndarray, labels: np.ndarray, weights: np.ndarray, config: RankerConfig
-) -> lgb.Booster:
-    """`model.complement.ranker.train_ranker`'s parameters (weights rescaled to a mean of 1)."""
-    params = {
-        "objective": "cross_entropy",
-        "learning_rate": config.learning_rate,
-        "num_leaves": config.leaves,
-        "min_child_samples": config.min_child_samples,
-        "feature_fraction": 0.9,
-        "bagging_fraction": 0.8,
-        "bagging_freq": 1,
-        "seed": config.seed,
-        "deterministic": True,
-        "force_row_wise": True,
-        "verbosity": -1,
-    }
-    data = lgb.Dataset(features, labels, weight=weights / weights.mean(), feature_name=list(FEATURES))
-    return lgb.train(params, data, num_boost_round=config.trees)
 
 
 def recall_by_size(
@@ -173,7 +151,7 @@ def main() -> None:
         for label in labels:
             learned = _row_softmax(
                 a,
-                booster(features, targets[label], weights[label], config).predict(
+                fit_booster(features, targets[label], weights[label] / weights[label].mean(), config).predict(
                     serving_features, raw_score=True
                 ),
             )

@@ -308,9 +308,15 @@ def train_ranker(
     prior_config: ComplementConfig,
     config: RankerConfig,
 ) -> lgb.Booster:
+    return fit_booster(*training_set(baskets, customers, catalog, prior_config, config), config)
+
+
+def fit_booster(
+    features: np.ndarray, labels: np.ndarray, weights: np.ndarray, config: RankerConfig
+) -> lgb.Booster:
+    """Pointwise cross-entropy trees on recall-share labels (`training_set`), with the config's settings."""
     import lightgbm as lgb
 
-    features, labels, weights = training_set(baskets, customers, catalog, prior_config, config)
     params = {
         "objective": "cross_entropy",
         "learning_rate": config.learning_rate,
