@@ -2,7 +2,8 @@
 pass over the label windows' signals, one booster per label weighting on the same candidate pairs, each
 served at several blends (hand-set row, raw co-purchase row). Much faster than one
 `bench/complement_folds.py` run per setting; for the shipped setting (recall-share 0.5:0) it gives that
-script's figures to within about 0.003 (anchor weights are rescaled to a mean of 1 here).
+script's figures (February 1.221). The windows, signals and candidates are the ranker's own
+(`model.complement.ranker.label_windows`).
 
     python bench/complement_variants.py --months 2011-02,2011-04 --blend 0.5:0 --blend 0.3:0.1 --by-size
 
@@ -35,8 +36,8 @@ from model.complement.evaluate import (
     evaluate_completion,
     monthly_folds,
 )
-from model.complement.model import ComplementConfig, ComplementModel, incidence
-from model.complement.ranker import RankerConfig, Signals, _pick, _row_softmax, fit_booster
+from model.complement.model import ComplementConfig, ComplementModel
+from model.complement.ranker import RankerConfig, Signals, _pick, _row_softmax, fit_booster, label_windows
 from model.data import default_data_path, read_online_retail
 
 LABELS = ("recall-share", "capped", "per-invoice", "as-metric")
@@ -66,22 +67,13 @@ def training_sets(
 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Features (shared), and per label weighting its labels and anchor weights, over the label windows."""
     features, targets, weights = [], defaultdict(list), defaultdict(list)
-    ends = [len(fold_baskets) - i * config.window for i in range(config.label_windows)]
-    for end in sorted(e for e in ends if e - config.window >= config.min_history):
-        start = end - config.window
-        signals = Signals.compute(
-            fold_baskets[:start], customers[:start], catalog, prior_config, config.recent
-        )
-        window = incidence([b for b in fold_baskets[start:end] if len(set(b)) >= 2], signals.vocab)
+    for signals, window, a, b in label_windows(fold_baskets, customers, catalog, prior_config, config):
         others = np.maximum(np.asarray(window.sum(axis=1)).ravel() - 1.0, 1.0)
-        present = (window.T @ window).tocsr()
-        present.setdiag(0.0)
-        present.eliminate_zeros()
-        a, b = signals.candidates(np.flatnonzero(np.diff(present.indptr)), config)
         features.append(signals.features(a, b))
         for label in labels:
             earned, denominator, weight = pair_weights(label, others)
             together = (window.T @ sp.diags(earned) @ window).tocsr()
+            together.setdiag(0.0)
             targets[label].append(_pick(together, a, b) / np.asarray(window.T @ denominator).ravel()[a])
             weights[label].append(np.asarray(window.T @ weight).ravel()[a])
     return (

@@ -25,7 +25,7 @@ LambdaMART, all lines as anchors, the blend).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -261,6 +261,29 @@ def _row_rank(matrix: sp.csr_matrix, a: np.ndarray, b: np.ndarray) -> np.ndarray
     return ranks
 
 
+def label_windows(
+    baskets: Sequence[Sequence[str]],
+    customers: Sequence[str | None] | None,
+    catalog: pd.DataFrame | None,
+    prior_config: ComplementConfig,
+    config: RankerConfig,
+) -> Iterator[tuple[Signals, sp.csr_matrix, np.ndarray, np.ndarray]]:
+    """The ranker's label windows, oldest first: the signals from the baskets before each, its baskets of two
+    or more products (incidence rows over the signals' items) and its candidate pairs (anchor, candidate) for
+    every item that shares one of them with another known item. Windows with no such item are skipped."""
+    ends = [len(baskets) - i * config.window for i in range(config.label_windows)]
+    usable = sorted(e for e in ends if e - config.window >= config.min_history)
+    for end in tqdm(usable, desc="complement ranker windows", unit="window", disable=None, leave=False):
+        start = end - config.window
+        history_customers = None if customers is None else customers[:start]
+        signals = Signals.compute(baskets[:start], history_customers, catalog, prior_config, config.recent)
+        window = incidence([b for b in baskets[start:end] if len(set(b)) >= 2], signals.vocab)
+        paired = window[np.asarray(window.sum(axis=1)).ravel() >= 2]  # baskets with two known items
+        a, b = signals.candidates(np.flatnonzero(np.asarray(paired.sum(axis=0)).ravel()), config)
+        if len(a):
+            yield signals, window, a, b
+
+
 def training_set(
     baskets: Sequence[Sequence[str]],
     customers: Sequence[str | None] | None,
@@ -275,21 +298,11 @@ def training_set(
     number of baskets holding a. Ranking b by this label is what maximises Recall@k of basket completion.
     """
     features, labels, weights = [], [], []
-    ends = [len(baskets) - i * config.window for i in range(config.label_windows)]
-    usable = sorted(e for e in ends if e - config.window >= config.min_history)
-    for end in tqdm(usable, desc="complement ranker windows", unit="window", disable=None, leave=False):
-        start = end - config.window
-        history_customers = None if customers is None else customers[:start]
-        signals = Signals.compute(baskets[:start], history_customers, catalog, prior_config, config.recent)
-        window = incidence([b for b in baskets[start:end] if len(set(b)) >= 2], signals.vocab)
+    for signals, window, a, b in label_windows(baskets, customers, catalog, prior_config, config):
         sizes = np.maximum(np.asarray(window.sum(axis=1)).ravel() - 1.0, 1.0)
         together = (window.T @ sp.diags(1.0 / sizes) @ window).tocsr()
-        together.setdiag(0.0)
-        together.eliminate_zeros()
+        together.setdiag(0.0)  # an anchor is not its own candidate's label
         held = np.asarray(window.sum(axis=0)).ravel()
-        a, b = signals.candidates(np.flatnonzero(np.diff(together.indptr)), config)
-        if not len(a):  # no window basket holds two products known before it
-            continue
         features.append(signals.features(a, b))
         labels.append(_pick(together, a, b) / held[a])
         weights.append(held[a])
