@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pydantic_core import to_json
 
-from model.complement.cli import faithfulness
+from model.complement.cli import faithfulness, without
 from model.data import Dataset
 from model.explain import Attribution, Driver, Evidence, Reasons, drivers_from, explain_items
 from model.recommender import Recommender
@@ -56,10 +56,6 @@ def test_reason_json_shape() -> None:
     }
 
 
-def without(sequence: list[str], position: int) -> list[str]:
-    return sequence[:position] + sequence[position + 1 :]
-
-
 def test_leave_one_out_matches_single_encodes(rec: Recommender, online_retail_sample: Dataset) -> None:
     case = next(c for c in online_retail_sample.test if len({i for i in c.prefix if i in rec.vocab}) >= 3)
     history, types = list(case.prefix), list(case.prefix_types)
@@ -80,6 +76,21 @@ def test_strongest_reason_is_faithful(rec: Recommender, online_retail_sample: Da
     result = faithfulness(rec, [list(c.prefix) for c in cases], [list(c.prefix_types) for c in cases], seed=0)
     assert result["cases"] >= 20
     assert result["strongest_beats_random"] > 0.6
+
+
+def test_faithfulness_fails_an_attribution_that_names_the_weakest_event(
+    rec: Recommender, online_retail_sample: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check judges by encoding the history without each event, not by the drops the explanation
+    read: an attribution that turns its drops around (names the weakest event) must fail it. Judged by
+    its own drops, it would still pass: its "strongest" would always beat a random one."""
+    cases = online_retail_sample.test[:200]
+    histories, types = [list(c.prefix) for c in cases], [list(c.prefix_types) for c in cases]
+    honest = faithfulness(rec, histories, types, seed=0)["strongest_beats_random"]
+    drops = Attribution.drops
+    monkeypatch.setattr(Attribution, "drops", lambda self, *args: -drops(self, *args))
+    reversed_ = faithfulness(rec, histories, types, seed=0)["strongest_beats_random"]
+    assert reversed_ < 0.3 < honest
 
 
 def test_leave_one_out_with_repeated_events_matches_single_encodes(
