@@ -36,7 +36,11 @@ class StepResult:
     p99_ms: float
     worker_p99_ms: float  # the answers' own latency_ms: arrival at the worker to publication
     batch_size: float  # mean events per micro-batch
+    batch_users: float  # mean users answered per micro-batch
     stage_ms: dict[str, float]  # mean milliseconds per batch, by stage
+
+
+SCRAPED = ("bundlecast_stage_duration_seconds_", "bundlecast_batch_size_events_", "bundlecast_batch_users_")
 
 
 def scrape(metrics_url: str) -> dict[tuple[str, str], float]:
@@ -45,9 +49,7 @@ def scrape(metrics_url: str) -> dict[tuple[str, str], float]:
     values: dict[tuple[str, str], float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name.startswith(
-                ("bundlecast_stage_duration_seconds_", "bundlecast_batch_size_events_")
-            ):
+            if sample.name.startswith(SCRAPED):
                 values[(sample.name, sample.labels.get("stage", ""))] = sample.value
     return values
 
@@ -174,6 +176,7 @@ async def run_step(
         if answered
         else float("nan"),
         batch_size=delta("bundlecast_batch_size_events_sum") / batches if batches else float("nan"),
+        batch_users=delta("bundlecast_batch_users_sum") / batches if batches else float("nan"),
         stage_ms={
             stage: 1e3 * delta("bundlecast_stage_duration_seconds_sum", stage) / batches if batches else 0.0
             for stage in STAGES

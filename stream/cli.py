@@ -261,6 +261,7 @@ def bench(
         "p99 ms",
         "worker p99 ms",
         "batch",
+        "users",
         *(f"{stage} ms" for stage in STAGES),
         title="bundlecast bench",
     )
@@ -297,6 +298,7 @@ def bench(
                         f"{result.p99_ms:.1f}",
                         f"{result.worker_p99_ms:.1f}",
                         f"{result.batch_size:.1f}",
+                        f"{result.batch_users:.1f}",
                         *(f"{result.stage_ms[stage]:.2f}" for stage in STAGES),
                     )
                     console.print(f"step {'max' if offered == 0 else offered} events/s: done")

@@ -73,6 +73,10 @@ END_TO_END_LATENCY = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 BATCH_SIZE = Histogram("bundlecast_batch_size_events", "Events per micro-batch.", buckets=_BATCH_SIZE_BUCKETS)
+# A user with several events in a batch is answered once: the model's work follows users, not events.
+BATCH_USERS = Histogram(
+    "bundlecast_batch_users", "Users answered per micro-batch (one answer each).", buckets=_BATCH_SIZE_BUCKETS
+)
 STAGE_DURATION = Histogram(
     "bundlecast_stage_duration_seconds",
     "Time per micro-batch spent in each pipeline stage.",

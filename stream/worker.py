@@ -424,6 +424,7 @@ def create_app(settings: StreamSettings, liveness: Liveness) -> faust.App:
         metrics.USERS_ERASED.inc(erased)
         outgoing.extend(messages)
         metrics.BATCH_SIZE.observe(len(events))
+        metrics.BATCH_USERS.observe(len({item.event.user_id for item in admitted}))
         for event in events:
             next_offsets[event.message.partition] = event.message.offset + 1
 

@@ -134,6 +134,8 @@ def test_prometheus_sees_the_replay_through_the_worker_metrics(
         assert scalar(url, "bundlecast_batch_size_events_sum") == N_VALID + len(
             MALFORMED
         )  # every message read
+        # One answer per user per batch: at least one batch per user, at most one answer per event.
+        assert 6 <= scalar(url, "bundlecast_batch_users_sum") <= N_VALID
         stages = {r["metric"]["stage"] for r in query(url, "bundlecast_stage_duration_seconds_count > 0")}
         assert {"state", "model", "faiss", "publish"} <= stages
 

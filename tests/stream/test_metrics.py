@@ -14,7 +14,7 @@ from stream import metrics
 
 # Label names whose values come from a closed set (status: HTTP codes); never a user or item id.
 BOUNDED_LABELS = {"type", "reason", "stage", "topic", "partition", "version", "route", "status"}
-UNIT_SUFFIXES = ("_seconds", "_items", "_events", "_messages", "_entries")
+UNIT_SUFFIXES = ("_seconds", "_items", "_events", "_users", "_messages", "_entries")
 
 
 def bundlecast_families() -> list:
