@@ -210,13 +210,13 @@ def faithfulness(
             other = rng.choice([p for p in range(len(positions)) if p != strongest])
             history, event_types = batch_histories[row], batch_types[row]
             judged.append((item, history, event_types, positions[strongest], positions[other]))
-        inputs = [
+        if not judged:
+            continue
+        inputs = [  # per judged case: the history whole, without the strongest, without the other
             (without(history, left_out), without(event_types, left_out))
             for _, history, event_types, *left_outs in judged
             for left_out in (None, *left_outs)
         ]
-        if not judged:
-            continue
         encoded = rec.encode([h for h, _ in inputs], [t for _, t in inputs])
         for n, (item, *_) in enumerate(judged):
             column = np.array([rec.vocab.get(item)])
