@@ -184,7 +184,6 @@ class ComplementModel:
         if self.signals is not None:
             self.signals.sort_indices()  # for `stored_value`
         self.ranker = ranker
-        self.basket_counts = np.diff(self.baskets.indptr)
         # Bundle assembly asks "how well do a and b go together, either way round" for whole candidate
         # pools at once: one symmetric matrix with sorted rows makes that a searchsorted per member.
         self.pair_strength = self.scores.maximum(self.scores.T).tocsr()
